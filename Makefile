@@ -34,7 +34,7 @@ test: $(STAMP)  ## run the whole test suite
 
 book: $(STAMP)  ## build the default cohort, run the book's notebooks (PROFILE=default) and render it
 	$(BRAINAGE) book run --profile $(PROFILE) --jobs $(JOBS)
-	$(BRAINAGE) book build
+	$(BRAINAGE) book build --profile $(PROFILE)
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 bench: $(STAMP)  ## run the benchmarks, results in bench/results.json
@@ -46,4 +46,4 @@ lock: $(STAMP)  ## re-pin requirements/constraints.txt from the current .venv
 	   $(PY) -m pip freeze --exclude-editable | grep -vi '^brainage' | sed 's/^torch==\(.*\)+cpu/torch==\1/'; } > requirements/constraints.txt
 
 clean:  ## remove build outputs (keeps .venv and the cache)
-	rm -rf _build book/_runs
+	rm -rf _build _book_runs

@@ -50,10 +50,76 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from brainage_core.config import load_config
+    from brainage_core.train import train
+
+    config = load_config(args.config, args.set or [])
+    run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
+    print(f"run: {run_dir}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from brainage_core.train import predict
+
+    result = predict(args.run, args.manifest, args.out, device=args.device, progress=not args.quiet)
+    print(f"wrote {args.out} ({len(result)} scans)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from brainage_core.bench import run_benchmarks
+    from brainage_core.config import load_config
+
+    config = load_config(args.config, args.set or [])
+    results = run_benchmarks(args.out, config=config, quick=args.quick)
+    summary = {
+        "rnc_loss_speedup_at_largest_loop_batch": results["rnc_loss_speedup_at_largest_loop_batch"],
+        "training_throughput": [
+            {k: row[k] for k in ("loss", "pipeline_samples_per_s", "model_only_samples_per_s", "overhead")}
+            for row in results["training_throughput"]
+        ],
+        "peak_rss_mb": results["peak_rss_mb"],
+    }
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from brainage_core.metrics import evaluate_run
+
+    report = evaluate_run(args.run_dir, controls_manifest=args.controls_manifest, method=args.method, n_boot=args.n_boot, seed=args.seed)
+    summary = {name: {k: report[name][k] for k in ("mae", "r2", "pearson_r") if k in report[name]} for name in ("raw", "corrected")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
+    return 0
+
+
+def _cmd_clinical(args: argparse.Namespace) -> int:
+    from brainage_core.clinical import clinical_report
+
+    report = clinical_report(args.run_dir, out_dir=args.out_dir, method=args.method, controls_manifest=args.controls_manifest)
+    print(f"wrote {len(report['files'])} files to {report['out_dir']}")
+    return 0
+
+
+def _cmd_book_run(args: argparse.Namespace) -> int:
+    from brainage_core.runner import run_book
+
+    outcomes = run_book(Path(args.root), args.profile, only=args.only, force=args.force, jobs=args.jobs)
+    return 1 if any(outcome.status in ("failed", "skipped") for outcome in outcomes) else 0
+
+
 def _cmd_book_build(args: argparse.Namespace) -> int:
     from brainage_core.runner import build_book
 
-    index = build_book(Path(args.root), builder=args.builder)
+    index = build_book(Path(args.root), profile=args.profile, builder=args.builder)
     print(f"book: {index}")
     return 0
 
@@ -74,6 +140,35 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_cmd_synth)
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train",
+        help="train a brain-age model (regression or two-stage contrastive) into a run directory",
+        description="Train one model. The config is YAML with sections data, model, loss, train, augment, probe "
+        "(see brainage_core/config.py); --set overrides single fields, e.g. --set train.epochs=5 loss.name=mse. "
+        "Writes config.yaml, metrics.csv, predictions.csv, model.pt, checkpoint.pt and log.txt.",
+    )
+    train.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
+    train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. data.manifest=m.csv")
+    train.add_argument("--run-dir", required=True, type=Path, help="output run directory")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_cmd_train)
+
+    predict = subparsers.add_parser(
+        "predict",
+        help="predict brain age for the scans of a manifest with a trained run",
+        description="Predict brain age for every scan of a manifest with the model of a finished run directory; "
+        "writes subject_id, age, ..., predicted_age, brain_age_gap.",
+    )
+    predict.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    predict.add_argument("--manifest", required=True, type=Path, help="manifest of the scans to predict")
+    predict.add_argument("--out", required=True, type=Path, help="output CSV")
+    predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(handler=_cmd_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,15 +195,73 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     _add_synth(subparsers)
+    _add_train(subparsers)
+
+    correction_help = "age-bias correction: cole (de Lange & Cole 2020) or beheshti (Beheshti et al. 2019)"
+    controls_help = "manifest whose CN subjects define the healthy set the age-bias correction is fitted on (default: CN of the val split)"
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="metrics of a run (raw and age-bias corrected, with bootstrap CIs) -> RUN_DIR/metrics.json",
+        description="Compute MAE, RMSE, R2, r and the gap-age correlation on the healthy test subjects, raw and "
+        "after an age-bias correction fitted on healthy validation subjects only, with bootstrap 95%% CIs and MAE "
+        "per age band. Writes RUN_DIR/metrics.json and RUN_DIR/predictions_corrected.csv.",
+    )
+    evaluate.add_argument("run_dir", type=Path, help="a finished run directory")
+    evaluate.add_argument("--controls-manifest", type=Path, help=controls_help)
+    evaluate.add_argument("--method", choices=("cole", "beheshti"), default="cole", help=correction_help)
+    evaluate.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    clinical = subparsers.add_parser(
+        "clinical",
+        help="brain-age gap by group and vs severity scores (statistics tables and figures)",
+        description="Brain-age gap statistics: OLS gap ~ group + age + sex with effect sizes, partial Spearman "
+        "correlations with MMSE/CDR (AD) and UPDRS-III/Hoehn & Yahr (PD) controlling age and sex, FDR-corrected; "
+        "recovery of the true gap on the synthetic cohort. Writes CSV tables and PNG figures.",
+    )
+    clinical.add_argument("run_dir", type=Path, help="a finished run directory")
+    clinical.add_argument("--out-dir", type=Path, help="output folder (default RUN_DIR/clinical)")
+    clinical.add_argument("--method", choices=("cole", "beheshti"), default="cole", help=correction_help)
+    clinical.add_argument("--controls-manifest", type=Path, help=controls_help)
+    clinical.set_defaults(handler=_cmd_clinical)
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the RNC loss, training throughput and memory; write JSON",
+        description="Measure the RNC loss (fast vs loop formulation, B=32..1024), training samples/s of the "
+        "configured model through the data pipeline vs a model-only step, and peak memory. Writes JSON.",
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench/results.json"), help="output JSON (default bench/results.json)")
+    bench.add_argument("--config", type=Path, help="YAML run config to measure (default: built-in defaults)")
+    bench.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. num_workers=2")
+    bench.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
+    bench.set_defaults(handler=_cmd_bench)
 
     book = subparsers.add_parser("book", help="run and render the book", description="Run and render the book.")
     book_commands = book.add_subparsers(dest="book_command", required=True, metavar="BOOK_COMMAND")
+    run = book_commands.add_parser(
+        "run",
+        help="execute the book's notebooks with papermill (book/runs.yml), skipping unchanged runs",
+        description="Execute the runs of a profile in book/runs.yml with papermill into _book_runs/PROFILE/. "
+        "Runs whose notebook, parameters, inputs and package code are unchanged are not executed again. "
+        "A failed run does not stop the others; every failure is reported at the end (exit 1).",
+    )
+    run.add_argument("--profile", choices=("smoke", "default", "full"), default="default", help="which profile (default: default)")
+    run.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs (and what they need)")
+    run.add_argument("--force", action="store_true", help="execute even unchanged runs")
+    run.add_argument("--jobs", type=int, default=1, help="independent runs executed at the same time (default 1)")
+    run.add_argument("--root", default=".", help="repository root (default: .)")
+    run.set_defaults(handler=_cmd_book_run)
+
     build = book_commands.add_parser(
         "build",
         help="render the book with Jupyter Book (warnings are errors)",
-        description="Render the book with Jupyter Book 1.x into _build/html; Sphinx warnings are errors.",
+        description="Render the book with Jupyter Book 1.x into _build/html from the executed notebooks of a "
+        "profile (execute_notebooks: off); Sphinx warnings are errors.",
     )
     build.add_argument("--root", default=".", help="folder holding _config.yml and _toc.yml (default: .)")
+    build.add_argument("--profile", choices=("smoke", "default", "full"), default="default", help="whose executed notebooks (default: default)")
     build.add_argument("--builder", default="html", help="Jupyter Book builder (default: html)")
     build.set_defaults(handler=_cmd_book_build)
     return parser

@@ -1,35 +1,352 @@
-"""Running and rendering the book.
+"""Batch runs of the book's notebooks (papermill) and rendering (Jupyter Book 1.x).
 
-:func:`build_book` renders the book with Jupyter Book 1.x from a staging copy of the sources in
-which executed notebooks (papermill outputs) replace the committed, output-free ones. The build
-never executes code (``execute_notebooks: 'off'``) and treats Sphinx warnings as errors.
+``book/runs.yml`` names every run: a notebook plus parameters, in profiles ``smoke``,
+``default`` and ``full``::
+
+    profiles:
+      default:
+        parameters: {n_subjects: 300, epochs: 12}      # given to every notebook that declares them
+        matrix: {loss: [rnc, mse], seed: [0, 1, 2]}    # values that runs expand over
+    runs:
+      - name: data
+        notebook: book/data.ipynb
+        chapter: true                                  # its executed copy is the book's chapter
+      - name: "train_{loss}_s{seed}"
+        notebook: book/training.ipynb
+        expand: [loss, seed]                           # one run per combination
+        parameters: {manifest: "{work:data}/cohort/manifest.csv", loss: "{loss}", seed: "{seed}"}
+
+``{work:NAME}`` is run NAME's output folder and makes this run depend on NAME. A run's cache
+key hashes its notebook, resolved parameters, the keys of the runs it depends on, any input
+file named in its parameters, and the ``brainage_core`` sources; a run whose key is unchanged
+and whose executed notebook exists is skipped. Failed runs do not stop the others (their
+dependents are skipped); all failures are reported at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_book"]
+import yaml
 
+from brainage_core.fileio import atomic_path, write_json
+
+__all__ = ["RunSpec", "RunOutcome", "load_runs", "run_book", "build_book", "book_output_dir", "PROFILES"]
+
+PROFILES = ("smoke", "default", "full")
 BOOK_FILES = ("_config.yml", "_toc.yml")
 BOOK_DIR = "book"
+OUTPUT_DIR = "_book_runs"
+WORK_PATTERN = re.compile(r"\{work:([A-Za-z0-9_.-]+)\}")
 
 
-def build_book(root: Path, executed_dir: Path | None = None, builder: str = "html") -> Path:
+@dataclass
+class RunSpec:
+    """One papermill run of a notebook.
+
+    Attributes:
+        name: unique run name (also its output file and work-folder name).
+        notebook: source notebook, relative to the repository root.
+        parameters: resolved parameters handed to papermill.
+        needs: names of runs that must finish first.
+        chapter: whether the executed notebook is the book's chapter for ``notebook``.
+    """
+
+    name: str
+    notebook: str
+    parameters: dict[str, Any]
+    needs: list[str] = field(default_factory=list)
+    chapter: bool = False
+
+
+@dataclass
+class RunOutcome:
+    """What happened to a run: ``executed``, ``cached``, ``failed`` or ``skipped`` (a dependency failed)."""
+
+    name: str
+    status: str
+    seconds: float = 0.0
+    message: str = ""
+
+
+def book_output_dir(root: Path, profile: str) -> Path:
+    """Where a profile's executed notebooks, work folders and cache keys live."""
+    return Path(root).resolve() / OUTPUT_DIR / profile
+
+
+def _substitute(value: Any, variables: dict[str, Any]) -> Any:
+    """Replace ``{name}`` placeholders from ``variables``; a value that is one placeholder keeps its type."""
+    if isinstance(value, str):
+        whole = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+        if whole and whole.group(1) in variables:
+            return variables[whole.group(1)]
+        return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: str(variables.get(m.group(1), m.group(0))), value)
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    return value
+
+
+def _resolve_work(value: Any, output: Path, needs: set[str]) -> Any:
+    if isinstance(value, str):
+        for name in WORK_PATTERN.findall(value):
+            needs.add(name)
+        return WORK_PATTERN.sub(lambda m: str(output / "work" / m.group(1)), value)
+    if isinstance(value, list):
+        return [_resolve_work(v, output, needs) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_work(v, output, needs) for k, v in value.items()}
+    return value
+
+
+def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[RunSpec]:
+    """Expand ``runs.yml`` for one profile into runs in dependency order.
+
+    Raises:
+        ValueError: unknown profile, duplicate or unknown run names, a matrix key the profile
+            lacks, a dependency cycle.
+    """
+    runs_file = Path(runs_file)
+    root = Path(root) if root is not None else runs_file.resolve().parent.parent
+    spec = yaml.safe_load(runs_file.read_text())
+    profiles = spec.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"{runs_file}: unknown profile {profile!r}; profiles: {sorted(profiles)}")
+    settings = profiles[profile] or {}
+    shared = settings.get("parameters", {}) or {}
+    matrix = settings.get("matrix", {}) or {}
+    output = book_output_dir(root, profile)
+    runs: list[RunSpec] = []
+    for entry in spec.get("runs", []):
+        if entry.get("profiles") and profile not in entry["profiles"]:
+            continue
+        axes = entry.get("expand", [])
+        missing = [axis for axis in axes if axis not in matrix]
+        if missing:
+            raise ValueError(f"{runs_file}: run {entry['name']!r} expands over {missing}, which profile {profile!r} has no matrix for")
+        for values in itertools.product(*(matrix[axis] for axis in axes)):
+            variables = {**shared, **dict(zip(axes, values))}
+            needs: set[str] = set(entry.get("needs", []))
+            parameters = {**shared, **_substitute(entry.get("parameters", {}) or {}, variables)}
+            parameters = _resolve_work(parameters, output, needs)
+            name = _substitute(entry["name"], variables)
+            parameters.update({"work_dir": str(output / "work" / name), "profile": profile})
+            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(entry.get("chapter", False))))
+    names = [run.name for run in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{runs_file}: duplicate run names {duplicates}")
+    for run in runs:
+        unknown = [n for n in run.needs if n not in names]
+        if unknown:
+            raise ValueError(f"{runs_file}: run {run.name!r} needs unknown run(s) {unknown} in profile {profile!r}")
+    return _topological(runs, runs_file)
+
+
+def _topological(runs: list[RunSpec], runs_file: Path) -> list[RunSpec]:
+    by_name = {run.name: run for run in runs}
+    ordered: list[RunSpec] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ValueError(f"{runs_file}: dependency cycle {' -> '.join((*chain, name))}")
+        state[name] = "visiting"
+        for need in by_name[name].needs:
+            visit(need, (*chain, name))
+        state[name] = "done"
+        ordered.append(by_name[name])
+
+    for run in runs:
+        visit(run.name, ())
+    return ordered
+
+
+def _sources_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _input_files(value: Any) -> list[Path]:
+    """Existing files named in parameters (e.g. a user's manifest), so edits to them rerun the run."""
+    if isinstance(value, str) and value and len(value) < 4096:
+        path = Path(value)
+        return [path] if path.is_file() else []
+    if isinstance(value, list):
+        return [p for v in value for p in _input_files(v)]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _input_files(v)]
+    return []
+
+
+def _cache_key(run: RunSpec, root: Path, upstream: dict[str, str], sources: str) -> str:
+    digest = hashlib.sha256()
+    digest.update((root / run.notebook).read_bytes())
+    digest.update(json.dumps(run.parameters, sort_keys=True, default=str).encode())
+    for name in run.needs:
+        digest.update(f"{name}={upstream[name]}".encode())
+    for path in _input_files({k: v for k, v in run.parameters.items() if k != "work_dir"}):
+        digest.update(str(path).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(sources.encode())
+    return digest.hexdigest()
+
+
+def _declared_parameters(notebook: Path) -> set[str]:
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
+    import papermill
+
+    notebook = root / run.notebook
+    declared = _declared_parameters(notebook)
+    if not declared:
+        raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
+    parameters = {k: v for k, v in run.parameters.items() if k in declared}
+    work = Path(run.parameters["work_dir"])
+    work.mkdir(parents=True, exist_ok=True)
+    destination = output / "notebooks" / f"{run.name}.ipynb"
+    with atomic_path(destination, suffix=".ipynb") as temp:
+        papermill.execute_notebook(
+            str(notebook),
+            str(temp),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            log_output=False,
+        )
+    print(f"[book] {run.name}: done", file=log, flush=True)
+
+
+def run_book(
+    root: Path,
+    profile: str,
+    only: list[str] | None = None,
+    force: bool = False,
+    jobs: int = 1,
+    log: Any = sys.stdout,
+) -> list[RunOutcome]:
+    """Execute a profile's runs with papermill, skipping unchanged ones.
+
+    Args:
+        root: repository root (holding ``book/runs.yml``).
+        profile: ``smoke``, ``default`` or ``full``.
+        only: run just these names (their dependencies still run if their keys changed).
+        force: execute even when the cache key is unchanged.
+        jobs: runs executed at the same time (independent runs only).
+        log: where progress lines go.
+
+    Returns:
+        One outcome per run considered, in dependency order.
+    """
+    root = Path(root).resolve()
+    runs = load_runs(root / BOOK_DIR / "runs.yml", profile, root)
+    if only:
+        unknown = sorted(set(only) - {run.name for run in runs})
+        if unknown:
+            raise ValueError(f"unknown run name(s) {unknown}; runs of profile {profile!r}: {[r.name for r in runs]}")
+        wanted = set(only)
+        for run in reversed(runs):
+            if run.name in wanted:
+                wanted.update(run.needs)
+        runs = [run for run in runs if run.name in wanted]
+    output = book_output_dir(root, profile)
+    sources = _sources_hash()
+    keys: dict[str, str] = {}
+    outcomes: dict[str, RunOutcome] = {}
+    pending = {run.name: run for run in runs}
+    running: dict[Future, tuple[RunSpec, float]] = {}
+
+    def ready(run: RunSpec) -> bool:
+        return all(need in outcomes for need in run.needs)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            for name in list(pending):
+                run = pending[name]
+                if not ready(run) or len(running) >= max(1, jobs):
+                    continue
+                del pending[name]
+                blocked = [n for n in run.needs if outcomes[n].status in ("failed", "skipped")]
+                if blocked:
+                    outcomes[name] = RunOutcome(name, "skipped", message=f"dependency failed: {', '.join(blocked)}")
+                    print(f"[book] {name}: skipped (dependency failed: {', '.join(blocked)})", file=log, flush=True)
+                    continue
+                keys[name] = _cache_key(run, root, keys, sources)
+                key_file = output / "keys" / f"{name}.json"
+                executed = output / "notebooks" / f"{name}.ipynb"
+                if not force and executed.is_file() and key_file.is_file() and json.loads(key_file.read_text()).get("key") == keys[name]:
+                    outcomes[name] = RunOutcome(name, "cached")
+                    print(f"[book] {name}: unchanged, not executed", file=log, flush=True)
+                    continue
+                print(f"[book] {name}: executing {run.notebook}", file=log, flush=True)
+                running[pool.submit(_execute, run, root, output, log)] = (run, time.perf_counter())
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                run, started = running.pop(future)
+                seconds = time.perf_counter() - started
+                error = future.exception()
+                if error is None:
+                    write_json(output / "keys" / f"{run.name}.json", {"key": keys[run.name], "seconds": seconds, "parameters": run.parameters})
+                    outcomes[run.name] = RunOutcome(run.name, "executed", seconds)
+                else:
+                    (output / "keys" / f"{run.name}.json").unlink(missing_ok=True)
+                    message = str(error).strip().splitlines()
+                    outcomes[run.name] = RunOutcome(run.name, "failed", seconds, "\n".join(message[-15:]))
+                    print(f"[book] {run.name}: FAILED after {seconds:.0f} s", file=log, flush=True)
+    ordered = [outcomes[run.name] for run in runs]
+    executed = sum(o.status == "executed" for o in ordered)
+    cached = sum(o.status == "cached" for o in ordered)
+    print(f"[book] profile {profile}: {executed} executed, {cached} unchanged (not executed), "
+          f"{sum(o.status == 'failed' for o in ordered)} failed, {sum(o.status == 'skipped' for o in ordered)} skipped", file=log, flush=True)
+    if executed == 0 and cached == len(ordered):
+        print("[book] nothing changed: no notebook was executed", file=log, flush=True)
+    for outcome in ordered:
+        if outcome.status == "failed":
+            print(f"[book] failure in {outcome.name}:\n{outcome.message}", file=log, flush=True)
+    return ordered
+
+
+def build_book(root: Path, profile: str | None = None, builder: str = "html") -> Path:
     """Render the book; return the path of the HTML index.
+
+    The build runs on a staged copy of ``_config.yml``, ``_toc.yml`` and ``book/`` in which
+    each chapter notebook is replaced by its executed copy from ``profile``'s runs.
 
     Args:
         root: repository folder holding ``_config.yml``, ``_toc.yml`` and ``book/``.
-        executed_dir: folder of executed notebooks laid out like ``book/`` (papermill
-            outputs); each one replaces its source notebook in the staged copy.
+        profile: the profile whose executed notebooks fill the chapters; ``None`` renders the
+            committed (output-free) notebooks.
         builder: Jupyter Book builder name.
 
     Raises:
-        FileNotFoundError: ``_config.yml`` or ``_toc.yml`` is missing under ``root``.
-        RuntimeError: the build failed or produced warnings (the output is included).
+        FileNotFoundError: ``_config.yml``/``_toc.yml`` missing, or a chapter of the profile
+            has not been executed (run ``brainage book run`` first).
+        RuntimeError: the build failed or produced warnings (its output is included).
     """
     root = Path(root).resolve()
     for name in BOOK_FILES:
@@ -42,16 +359,20 @@ def build_book(root: Path, executed_dir: Path | None = None, builder: str = "htm
     for name in BOOK_FILES:
         shutil.copy2(root / name, stage / name)
     shutil.copytree(root / BOOK_DIR, stage / BOOK_DIR, ignore=shutil.ignore_patterns("_*", ".ipynb_checkpoints"))
-    if executed_dir is not None:
-        for notebook in Path(executed_dir).rglob("*.ipynb"):
-            target = stage / BOOK_DIR / notebook.relative_to(executed_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(notebook, target)
+    if profile is not None:
+        output = book_output_dir(root, profile)
+        for run in load_runs(root / BOOK_DIR / "runs.yml", profile, root):
+            if not run.chapter:
+                continue
+            executed = output / "notebooks" / f"{run.name}.ipynb"
+            if not executed.is_file():
+                raise FileNotFoundError(f"chapter {run.notebook} has no executed copy ({executed}); run: brainage book run --profile {profile}")
+            shutil.copy2(executed, stage / run.notebook)
     command = [
         str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
         "--path-output", str(root), "--builder", builder, "--warningiserror", "--keep-going", "--all",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
     if completed.returncode != 0:
         raise RuntimeError(f"jupyter-book build failed (exit {completed.returncode}):\n{completed.stdout[-6000:]}\n{completed.stderr[-6000:]}")
     return root / "_build" / builder / "index.html"

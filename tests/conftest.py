@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 IXI_DIR = Path(os.environ.get("BRAINAGE_IXI_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi_t1_2mm"))
@@ -37,3 +38,27 @@ def ixi_dir() -> Path:
     if not (IXI_DIR / "t1").is_dir():
         pytest.skip(f"real IXI data not found at {IXI_DIR} (set BRAINAGE_IXI_DIR to the ixi_t1_2mm folder)")
     return IXI_DIR
+
+
+def write_tiny_cohort(folder: Path, n_subjects: int = 24, seed: int = 0, size: int = 16) -> Path:
+    """A manifest of small 4 mm phantoms whose 'ventricles' grow with age; returns its path.
+
+    Ages are spread over 20-80; groups CN (with a few AD); splits 60/20/20 by subject.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij"))
+    radius = np.sqrt((grid**2).sum(axis=0))
+    rows = []
+    for index in range(n_subjects):
+        age = float(np.round(20 + 60 * index / max(1, n_subjects - 1) + rng.normal(0, 1), 1))
+        ventricle = 0.15 + 0.35 * (age - 20) / 60
+        data = np.where(radius < 0.85, 1.0, 0.0) * np.where(radius < ventricle, 0.2, 1.0)
+        data = (100 * data + rng.normal(0, 3, data.shape) * (radius < 0.85)).astype(np.float32)
+        image = write_nifti(folder / "img" / f"sub-{index:03d}.nii.gz", data, np.diag([4.0, 4.0, 4.0, 1.0]))
+        split = ("train", "train", "train", "val", "test")[index % 5]
+        group = "AD" if index % 7 == 6 else "CN"
+        rows.append({"subject_id": f"sub-{index:03d}", "image": str(image.relative_to(folder)), "age": age,
+                     "sex": "MF"[index % 2], "group": group, "split": split})
+    path = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -1,0 +1,185 @@
+"""Benchmarks behind ``brainage bench``: loss speed, training throughput, memory.
+
+Results are a JSON document (``bench/results.json`` by default) that the book's performance
+chapter reads. Every figure is measured on the machine that runs the command and carries
+its description (CPU model and threads, GPU model when one is used).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from brainage_core import __version__
+from brainage_core.bench_losses import bench_rnc_loss
+from brainage_core.config import RunConfig
+from brainage_core.data import VolumeDataset
+from brainage_core.fileio import write_json
+from brainage_core.losses import CONTRASTIVE_LOSSES, build_loss
+from brainage_core.models import build_model
+from brainage_core.train import resolve_device
+
+__all__ = ["machine_description", "bench_training_throughput", "peak_rss_mb", "run_benchmarks"]
+
+
+def machine_description(device: torch.device) -> dict[str, Any]:
+    """CPU model, core and thread counts, torch version and the GPU model when used."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    description = {
+        "cpu": cpu,
+        "cpu_count": torch.multiprocessing.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "brainage": __version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        description["gpu"] = torch.cuda.get_device_name(device)
+    return description
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_training_throughput(
+    config: RunConfig, n_subjects: int = 64, steps: int = 8, warmup_steps: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """Training samples/s through the real data pipeline vs a model-only step.
+
+    Both loops run the same model, loss and optimiser on random volumes of the configured shape.
+    The *pipeline* loop draws batches from :class:`~brainage_core.data.VolumeDataset` through a
+    DataLoader (augmentation included, ``config.num_workers`` workers); the *model-only* loop
+    reuses one preloaded batch of views. ``overhead`` = 1 - pipeline/model-only throughput.
+
+    Args:
+        config: run configuration (model, loss, batch size, augmentation, device, workers).
+        n_subjects: size of the random in-memory dataset.
+        steps: timed optimisation steps per loop.
+        warmup_steps: untimed steps first.
+        seed: random seed for volumes and ages.
+
+    Returns:
+        ``{loss, batch_size, n_views, shape, pipeline_samples_per_s, model_only_samples_per_s, overhead}``;
+        a *sample* is one subject (with all its views).
+    """
+    device = resolve_device(config.device)
+    generator = torch.Generator().manual_seed(seed)
+    shape = tuple(config.data.shape)
+    volumes = torch.rand((n_subjects, 1, *shape), generator=generator).half()
+    ages = 20 + 70 * torch.rand(n_subjects, generator=generator)
+    contrastive = config.loss.name in CONTRASTIVE_LOSSES
+    n_views = config.loss.n_views if contrastive else 1
+    dataset = VolumeDataset(volumes, ages, config.augment, n_views=n_views, seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(config.model).to(device)
+    model.set_age_scale(ages)
+    loss_fn = build_loss(config.loss.name, **config.loss.params)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
+    batch_size = config.train.batch_size
+
+    def step(views: torch.Tensor, batch_ages: torch.Tensor) -> None:
+        views, batch_ages = views.to(device, non_blocking=True), batch_ages.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp):
+            if contrastive:
+                projections = model(views.flatten(0, 1), project=True)  # projections: [B * V, P]
+                loss = loss_fn(projections.float().view(len(batch_ages), n_views, -1), batch_ages)
+            else:
+                loss = loss_fn((model(views).float() - model.age_mean) / model.age_std, (batch_ages - model.age_mean) / model.age_std)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def timed(batches) -> float:
+        iterator = iter(batches)
+        for _ in range(warmup_steps):
+            step(*next(iterator))
+        _synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            step(*next(iterator))
+        _synchronize(device)
+        return steps * batch_size / (time.perf_counter() - started)
+
+    model.train()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=(steps + warmup_steps) * batch_size),
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+    pipeline = timed(loader)
+    fixed = next(iter(DataLoader(dataset, batch_size=batch_size)))
+    model_only = timed([fixed] * (steps + warmup_steps))
+    return {
+        "loss": config.loss.name,
+        "batch_size": batch_size,
+        "n_views": n_views,
+        "shape": list(shape),
+        "arch": config.model.arch,
+        "width": config.model.width,
+        "num_workers": config.num_workers,
+        "pipeline_samples_per_s": pipeline,
+        "model_only_samples_per_s": model_only,
+        "overhead": 1.0 - pipeline / model_only,
+    }
+
+
+def run_benchmarks(out: str | Path, config: RunConfig | None = None, quick: bool = False) -> dict[str, Any]:
+    """Run every benchmark and write the results as JSON.
+
+    Args:
+        out: JSON output path.
+        config: the training configuration to measure (default: :class:`RunConfig` defaults,
+            the book's CPU configuration).
+        quick: smaller sizes and fewer repeats (for tests and smoke runs).
+
+    Returns:
+        The results written.
+    """
+    config = config or RunConfig()
+    device = resolve_device(config.device)
+    batch_sizes = (32, 64, 128) if quick else (32, 64, 128, 256, 512, 1024)
+    loss_rows = bench_rnc_loss(
+        batch_sizes=batch_sizes, repeats=1 if quick else 3, loop_max_batch=128 if quick else 512, device=str(device)
+    )
+    steps = 2 if quick else 8
+    throughput = [
+        bench_training_throughput(replace(config, loss=replace(config.loss, name=name)), steps=steps, n_subjects=4 * config.train.batch_size)
+        for name in ("rnc", "mse")
+    ]
+    speedups = [row["speedup"] for row in loss_rows if row.get("speedup")]
+    results = {
+        "machine": machine_description(device),
+        "rnc_loss": loss_rows,
+        "rnc_loss_speedup_at_largest_loop_batch": speedups[-1] if speedups else None,
+        "training_throughput": throughput,
+        "peak_rss_mb": peak_rss_mb(),
+        "quick": quick,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "median_overhead": statistics.median(row["overhead"] for row in throughput),
+    }
+    write_json(out, results)
+    return results

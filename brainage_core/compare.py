@@ -1,0 +1,179 @@
+"""Comparing training methods across seeds: the ablation's tables, tests and feature analyses.
+
+All numbers are computed on the healthy controls of the test split (``group == CN``,
+``split == test``): the subjects no model was trained or selected on.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+from scipy.spatial.distance import pdist
+from sklearn.decomposition import PCA
+
+from brainage_core.data import VolumeDataset, load_volumes
+from brainage_core.imaging import VolumeCache, default_cache_dir
+from brainage_core.manifest import read_manifest
+from brainage_core.metrics import mae_by_age_band, prediction_consistency, regression_metrics
+from brainage_core.train import extract_features, load_run_model, predict_ages
+
+__all__ = [
+    "healthy_test_rows",
+    "collect_runs",
+    "summarise_methods",
+    "paired_tests",
+    "errors_by_age_band",
+    "feature_continuity",
+    "analyse_features",
+]
+
+
+def healthy_test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Rows of healthy controls in the test split."""
+    return predictions[(predictions["group"] == "CN") & (predictions["split"] == "test")]
+
+
+def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read finished runs keyed by (method, seed).
+
+    Returns:
+        ``runs``: one row per run with its test-control metrics (``mae``, ``rmse``, ``r2``,
+        ``pearson_r``, ``spearman_gap_age``), selected epoch and training minutes; and
+        ``errors``: one row per (method, seed, test control) with ``age``, ``predicted_age``
+        and ``abs_error``.
+    """
+    rows, errors = [], []
+    for (method, seed), run_dir in run_dirs.items():
+        run_dir = Path(run_dir)
+        predictions = healthy_test_rows(pd.read_csv(run_dir / "predictions.csv"))
+        history = pd.read_csv(run_dir / "metrics.csv")
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                **regression_metrics(predictions["age"], predictions["predicted_age"]),
+                "best_epoch": int(history.loc[history["val_mae"].idxmin(), "epoch"]),
+                "minutes": float(history["seconds"].sum() / 60),
+            }
+        )
+        errors.append(
+            predictions[["subject_id", "age", "predicted_age"]].assign(
+                method=method, seed=seed, abs_error=(predictions["predicted_age"] - predictions["age"]).abs()
+            )
+        )
+    return pd.DataFrame(rows), pd.concat(errors, ignore_index=True)
+
+
+def summarise_methods(runs: pd.DataFrame, metrics: tuple[str, ...] = ("mae", "r2", "pearson_r")) -> pd.DataFrame:
+    """Mean and SD over seeds of each metric, one row per method (ordered by mean MAE)."""
+    grouped = runs.groupby("method")[list(metrics)].agg(["mean", "std"])
+    grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
+    grouped["n_seeds"] = runs.groupby("method")["seed"].nunique()
+    return grouped.sort_values("mae_mean")
+
+
+def paired_tests(runs: pd.DataFrame, errors: pd.DataFrame, reference: str = "rnc") -> pd.DataFrame:
+    """Each method against ``reference`` with two paired tests.
+
+    * over seeds: paired t-test of the test MAE of runs with the same seed (few pairs; low power);
+    * over subjects: Wilcoxon signed-rank test of each test subject's absolute error, averaged
+      over seeds, between the two methods (same subjects, so the pairing removes between-subject
+      variation).
+
+    Returns:
+        One row per other method: ``mae_difference`` (method minus reference, years; positive
+        means the reference is better), ``t_seeds``, ``p_seeds``, ``n_seeds``, ``p_subjects``,
+        ``n_subjects``, ``reference_better_fraction`` (share of subjects with a smaller error
+        under the reference).
+    """
+    if reference not in set(runs["method"]):
+        raise ValueError(f"reference method {reference!r} has no runs; methods: {sorted(set(runs['method']))}")
+    by_seed = runs.pivot(index="seed", columns="method", values="mae")
+    by_subject = errors.groupby(["subject_id", "method"])["abs_error"].mean().unstack("method")
+    rows = []
+    for method in (m for m in by_seed.columns if m != reference):
+        seeds = by_seed[[reference, method]].dropna()
+        if len(seeds) >= 2:
+            t_statistic, p_seeds = stats.ttest_rel(seeds[method], seeds[reference])
+        else:
+            t_statistic, p_seeds = np.nan, np.nan
+        subjects = by_subject[[reference, method]].dropna()
+        p_subjects = float(stats.wilcoxon(subjects[method], subjects[reference]).pvalue) if len(subjects) >= 2 else np.nan
+        rows.append(
+            {
+                "method": method,
+                "mae_difference": float((seeds[method] - seeds[reference]).mean()),
+                "t_seeds": float(t_statistic),
+                "p_seeds": float(p_seeds),
+                "n_seeds": len(seeds),
+                "p_subjects": p_subjects,
+                "n_subjects": len(subjects),
+                "reference_better_fraction": float((subjects[reference] < subjects[method]).mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def errors_by_age_band(errors: pd.DataFrame, edges: tuple[float, ...] = (0, 30, 40, 50, 60, 70, 80, math.inf)) -> pd.DataFrame:
+    """MAE and mean gap per age band for each method (all seeds pooled)."""
+    tables = [
+        mae_by_age_band(group["age"], group["predicted_age"], edges=edges).assign(method=method)
+        for method, group in errors.groupby("method")
+    ]
+    return pd.concat(tables, ignore_index=True)
+
+
+def feature_continuity(features: np.ndarray, ages: np.ndarray) -> float:
+    """Spearman correlation between pairwise feature distances and pairwise age differences.
+
+    1 means that subjects far apart in age are far apart in feature space, in the same order;
+    0 means that feature distances ignore age.
+
+    Args:
+        features: ``[N, D]``.
+        ages: ``[N]``.
+    """
+    features, ages = np.asarray(features, dtype=float), np.asarray(ages, dtype=float)
+    if len(features) != len(ages) or len(ages) < 3:
+        raise ValueError(f"need >= 3 subjects with one age each; got {len(features)} feature rows and {len(ages)} ages")
+    return float(stats.spearmanr(pdist(features), pdist(ages[:, None])).statistic)
+
+
+@torch.no_grad()
+def analyse_features(run_dir: str | os.PathLike[str], n_augmentations: int = 8, seed: int = 0, device: str = "cpu") -> dict:
+    """Feature-space and robustness analysis of one run on its test controls.
+
+    Returns:
+        ``pca`` (DataFrame: subject_id, age, pc1, pc2), ``continuity`` (see
+        :func:`feature_continuity`) and ``consistency`` (SD of the predicted age over
+        ``n_augmentations`` augmented copies of each scan, with the run's augmentation settings;
+        see :func:`~brainage_core.metrics.prediction_consistency`).
+    """
+    model, config = load_run_model(run_dir, device)
+    predictions = healthy_test_rows(pd.read_csv(Path(run_dir) / "predictions.csv"))
+    if "image" not in predictions.columns:
+        raise ValueError(f"{run_dir}/predictions.csv has no 'image' column; retrain with this version of brainage")
+    manifest = read_manifest(config.data.manifest).set_index("subject_id")
+    masks = [manifest.loc[s, "mask"] if "mask" in manifest.columns else None for s in predictions["subject_id"]]
+    cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
+    volumes, _ = load_volumes(predictions["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=False)
+    torch_device = torch.device(device)
+    features = extract_features(model, volumes, torch_device).numpy()
+    ages = predictions["age"].to_numpy()
+    coordinates = PCA(n_components=2, random_state=seed).fit_transform(features)
+    dataset = VolumeDataset(volumes, torch.tensor(ages), config.augment, n_views=n_augmentations, seed=seed)
+    augmented = np.stack(
+        [predict_ages(model, dataset[index][0], torch_device).numpy() for index in range(len(dataset))]
+    )  # augmented: [N, n_augmentations]
+    return {
+        "pca": pd.DataFrame({"subject_id": predictions["subject_id"].to_numpy(), "age": ages, "pc1": coordinates[:, 0], "pc2": coordinates[:, 1]}),
+        "continuity": feature_continuity(features, ages),
+        "consistency": prediction_consistency(augmented),
+    }

@@ -1,0 +1,157 @@
+"""From a manifest to training tensors: preprocessing through the cache, splits, datasets.
+
+All scans of a manifest are preprocessed once (:class:`~brainage_core.imaging.VolumeCache`)
+and held in memory as float16; :class:`VolumeDataset` serves them with random augmentation
+seeded by (seed, epoch, index), so a sample's views do not depend on the number of DataLoader
+workers, on batch order, or on whether a run was resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from brainage_core.imaging import AugmentConfig, MultiViewTransform, PreprocessConfig, VolumeCache, build_augmentation
+
+__all__ = ["DataConfig", "assign_splits", "load_volumes", "VolumeDataset", "sample_seed"]
+
+
+@dataclass
+class DataConfig:
+    """Which data a run uses and how it is preprocessed.
+
+    Attributes:
+        manifest: path of the manifest CSV (see ``data_manifests/schema.md``).
+        spacing: voxel size in mm after resampling.
+        shape: grid ``[X, Y, Z]`` after crop/pad.
+        use_mask: apply the manifest's ``mask`` column when present.
+        crop_foreground: crop to the brain before padding (native-space scans).
+        train_groups: groups the model is trained and selected on (healthy controls by default:
+            a brain-age model learns normal aging; patients are only predicted).
+        test_fold: with a ``fold`` column, cross-validation: rows of this fold are the test set,
+            rows of fold ``(test_fold + 1) % n_folds`` the validation set, the rest training;
+            ``None`` uses the manifest's ``split`` column.
+        cache_dir: preprocessing cache folder; ``None`` uses ``$BRAINAGE_CACHE`` or ``~/.cache/brainage``.
+    """
+
+    manifest: str = ""
+    spacing: float = 3.0
+    shape: tuple[int, int, int] = (64, 72, 64)
+    use_mask: bool = True
+    crop_foreground: bool = False
+    train_groups: tuple[str, ...] = ("CN",)
+    test_fold: int | None = None
+    cache_dir: str | None = None
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(
+            spacing=self.spacing, shape=tuple(self.shape), use_mask=self.use_mask, crop_foreground=self.crop_foreground
+        )
+
+
+def assign_splits(frame: pd.DataFrame, test_fold: int | None = None) -> pd.Series:
+    """Return each row's split (``train``, ``val``, ``test``), checking subjects never straddle two.
+
+    Args:
+        frame: a manifest read by :func:`~brainage_core.manifest.read_manifest`.
+        test_fold: see :attr:`DataConfig.test_fold`.
+
+    Raises:
+        ValueError: the manifest lacks the column the choice needs, a row has no split, or a
+            subject would be in two splits.
+    """
+    if test_fold is None:
+        if "split" not in frame.columns or (frame["split"] == "").any():
+            raise ValueError(
+                "every row needs a 'split' (train/val/test) in the manifest, or set data.test_fold "
+                "to use the 'fold' column for cross-validation"
+            )
+        splits = frame["split"].astype(str)
+    else:
+        if "fold" not in frame.columns or frame["fold"].isna().any():
+            raise ValueError(f"data.test_fold={test_fold} needs a 'fold' value on every manifest row")
+        n_folds = int(frame["fold"].max()) + 1
+        if not 0 <= test_fold < n_folds:
+            raise ValueError(f"data.test_fold={test_fold} is not one of the folds 0..{n_folds - 1}")
+        val_fold = (test_fold + 1) % n_folds
+        splits = pd.Series(
+            np.where(frame["fold"] == test_fold, "test", np.where(frame["fold"] == val_fold, "val", "train")),
+            index=frame.index,
+        )
+    per_subject = splits.groupby(frame["subject_id"]).nunique()
+    leaking = per_subject[per_subject > 1].index.tolist()
+    if leaking:
+        raise ValueError(f"subjects in more than one split (data leakage): {leaking[:10]}")
+    return splits
+
+
+def load_volumes(
+    images: Sequence[str], masks: Sequence[str | None], config: PreprocessConfig, cache: VolumeCache, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess (or read from the cache) every scan.
+
+    Returns:
+        ``volumes`` float16 ``[N, 1, X, Y, Z]`` and ``affines`` float64 ``[N, 4, 4]``.
+    """
+    volumes = torch.empty((len(images), 1, *config.shape), dtype=torch.float16)
+    affines = torch.empty((len(images), 4, 4), dtype=torch.float64)
+    for index, (image, mask) in enumerate(tqdm(list(zip(images, masks)), desc="preprocess", disable=not progress)):
+        volume = cache.load(image, config, mask or None)
+        volumes[index] = volume.as_tensor().half()
+        affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
+    return volumes, affines
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed unique to (run seed, epoch, sample index)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class VolumeDataset(Dataset):
+    """Preloaded volumes with ages, served as augmented views.
+
+    Args:
+        volumes: ``[N, 1, X, Y, Z]`` (float16 or float32).
+        ages: ``[N]`` years.
+        augment: augmentation settings, or ``None`` for no augmentation.
+        n_views: views per sample; 1 returns ``[1, X, Y, Z]``, more return ``[V, 1, X, Y, Z]``.
+        seed: run seed; with :meth:`set_epoch` it fixes every sample's augmentation.
+    """
+
+    def __init__(
+        self,
+        volumes: torch.Tensor,
+        ages: torch.Tensor,
+        augment: AugmentConfig | None = None,
+        n_views: int = 1,
+        seed: int = 0,
+    ):
+        if len(volumes) != len(ages):
+            raise ValueError(f"{len(volumes)} volumes but {len(ages)} ages")
+        self.volumes = volumes
+        self.ages = ages.float()
+        self.n_views = n_views
+        self.seed = seed
+        self.epoch = 0
+        self.transform = MultiViewTransform(build_augmentation(augment), n_views) if augment is not None else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        volume = self.volumes[index].float()  # volume: [1, X, Y, Z]
+        if self.transform is None:
+            views = volume.unsqueeze(0).expand(self.n_views, *volume.shape)  # views: [V, 1, X, Y, Z]
+        else:
+            self.transform.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, index))
+            views = self.transform(volume)  # views: [V, 1, X, Y, Z]
+        return (views[0] if self.n_views == 1 else views), self.ages[index]

@@ -1,0 +1,522 @@
+"""Brain-age accuracy: metrics with bootstrap intervals and the age-bias correction.
+
+A brain-age model regresses towards the mean age of its training set: the young are predicted
+older and the old younger, so the raw brain-age gap (``predicted - age``) correlates negatively
+with age. Two standard linear corrections remove that bias:
+
+* ``cole`` (de Lange & Cole 2020): fit ``predicted = a * age + b``; corrected
+  ``predicted' = (predicted - b) / a``.
+* ``beheshti`` (Beheshti et al. 2019): fit ``gap = a * age + b``; corrected
+  ``gap' = gap - (a * age + b)``, i.e. ``predicted' = predicted - (a * age + b)``.
+
+Both use the chronological age, so they are fitted on **healthy validation subjects only**
+(group CN, split ``val``: never seen in training, not the test set) and applied to everyone.
+:func:`corrected_predictions` is the single place that chooses the fit rows and it refuses
+patients and test rows. :func:`evaluate_run` reports raw and corrected accuracy on the CN test
+set with percentile-bootstrap intervals and writes ``metrics.json`` and
+``predictions_corrected.csv`` into the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.stats as st
+from numpy.typing import ArrayLike
+from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+from brainage_core.fileio import atomic_path, write_json
+from brainage_core.manifest import read_manifest
+
+__all__ = [
+    "HEALTHY_GROUP",
+    "METRICS",
+    "DEFAULT_AGE_EDGES",
+    "BiasCorrection",
+    "regression_metrics",
+    "bootstrap_ci",
+    "metrics_with_ci",
+    "fit_bias_correction",
+    "select_correction_subjects",
+    "controls_from_manifest",
+    "corrected_predictions",
+    "mae_by_age_band",
+    "prediction_consistency",
+    "read_predictions",
+    "evaluate_run",
+]
+
+HEALTHY_GROUP = "CN"
+METHODS: tuple[str, ...] = ("cole", "beheshti")
+PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "group", "sex", "age", "predicted_age")
+NUMERIC_COLUMNS: tuple[str, ...] = ("age", "predicted_age", "true_gap", "mmse", "cdr", "updrs3", "hoehn_yahr")
+DEFAULT_AGE_EDGES: tuple[float, ...] = (-math.inf, 20, 30, 40, 50, 60, 70, 80, 90, math.inf)
+BOOTSTRAP_BATCH = 500  # resamples evaluated at once: bounds memory to 500 x n values per array
+
+
+def _rowwise(score: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Turn a scikit-learn ``score(y_true, y_pred, multioutput=...)`` into a row-wise metric."""
+
+    def metric(age: np.ndarray, predicted: np.ndarray, axis: int = -1) -> np.ndarray:
+        age, predicted = np.moveaxis(age, axis, -1), np.moveaxis(predicted, axis, -1)
+        columns = score(
+            age.reshape(-1, age.shape[-1]).T, predicted.reshape(-1, age.shape[-1]).T, multioutput="raw_values"
+        )
+        return columns.reshape(age.shape[:-1])
+
+    return metric
+
+
+def _pearson_r(age: np.ndarray, predicted: np.ndarray, axis: int = -1) -> np.ndarray:
+    return st.pearsonr(age, predicted, axis=axis).statistic
+
+
+def _spearman_gap_age(age: np.ndarray, predicted: np.ndarray, axis: int = -1) -> np.ndarray:
+    # Spearman's rho is Pearson's r of the (average) ranks; ranking along ``axis`` vectorises it.
+    ranks_gap = st.rankdata(predicted - age, axis=axis)
+    return st.pearsonr(ranks_gap, st.rankdata(age, axis=axis), axis=axis).statistic
+
+
+def _mean_gap(age: np.ndarray, predicted: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(predicted - age, axis=axis)
+
+
+# Every metric takes (age, predicted, axis) and reduces along ``axis``, so the bootstrap
+# evaluates a whole batch of resamples in one call.
+METRICS: dict[str, Callable[..., np.ndarray]] = {
+    "mae": _rowwise(mean_absolute_error),
+    "rmse": _rowwise(root_mean_squared_error),
+    "r2": _rowwise(r2_score),
+    "pearson_r": _pearson_r,
+    "spearman_gap_age": _spearman_gap_age,  # age bias: negative when the model regresses to the mean
+    "mean_gap": _mean_gap,
+}
+
+
+def _as_pair(age: ArrayLike, predicted: ArrayLike, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two equal-length, finite 1-D arrays of at least ``minimum`` values."""
+    age, predicted = np.asarray(age, dtype=float), np.asarray(predicted, dtype=float)
+    if age.ndim != 1 or age.shape != predicted.shape:
+        raise ValueError(
+            f"age and predicted must be 1-D arrays of equal length; got shapes {age.shape} and {predicted.shape}"
+        )
+    if age.size < minimum:
+        raise ValueError(f"need at least {minimum} subjects; got {age.size}")
+    if not (np.isfinite(age).all() and np.isfinite(predicted).all()):
+        raise ValueError("age and predicted must be finite: drop rows with missing ages or predictions first")
+    return age, predicted
+
+
+def regression_metrics(age: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+    """Accuracy of predicted ages.
+
+    Args:
+        age: chronological ages.
+        predicted: predicted (brain) ages, same order.
+
+    Returns:
+        ``n``; ``mae``, ``rmse`` and ``r2`` (scikit-learn); ``pearson_r`` between age and
+        prediction; ``spearman_gap_age``, Spearman's rho between the gap (predicted - age) and
+        age, which exposes the age bias; ``mean_gap``.
+    """
+    age, predicted = _as_pair(age, predicted)
+    return {"n": int(age.size), **{name: float(metric(age, predicted)) for name, metric in METRICS.items()}}
+
+
+def bootstrap_ci(
+    age: ArrayLike,
+    predicted: ArrayLike,
+    metric: str | Callable[[np.ndarray, np.ndarray], float] = "mae",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of a metric, resampling subjects.
+
+    Subjects (pairs of age and prediction) are drawn with replacement with
+    :func:`scipy.stats.bootstrap`; each array element counts as one subject.
+
+    Args:
+        age: chronological ages.
+        predicted: predicted ages.
+        metric: a key of :data:`METRICS` (evaluated vectorised over resamples) or a function
+            ``f(age, predicted) -> float`` (evaluated once per resample).
+        n_boot: number of resamples.
+        seed: seed of the resampling; the same seed gives the same interval, and every metric
+            bootstrapped with the same seed and data sees the same resamples.
+        level: confidence level.
+
+    Returns:
+        ``(low, high)``.
+    """
+    age, predicted = _as_pair(age, predicted)
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a function")
+        statistic, vectorized = METRICS[metric], True
+    else:
+        statistic, vectorized = metric, False
+    result = st.bootstrap(
+        (age, predicted),
+        statistic,
+        n_resamples=n_boot,
+        batch=BOOTSTRAP_BATCH,
+        vectorized=vectorized,
+        paired=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def metrics_with_ci(
+    age: ArrayLike,
+    predicted: ArrayLike,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: Sequence[str] = tuple(METRICS),
+) -> dict[str, dict[str, float]]:
+    """Each metric's value with its percentile-bootstrap interval (see :func:`bootstrap_ci`).
+
+    All metrics are bootstrapped with the same seed, hence on the same resamples.
+
+    Returns:
+        ``{name: {"value": ..., "ci_low": ..., "ci_high": ...}}`` for each name in ``metrics``.
+    """
+    values = regression_metrics(age, predicted)
+    table = {}
+    for name in metrics:
+        low, high = bootstrap_ci(age, predicted, name, n_boot=n_boot, seed=seed, level=level)
+        table[name] = {"value": values[name], "ci_low": low, "ci_high": high}
+    return table
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """A fitted linear age-bias correction.
+
+    Attributes:
+        method: ``cole`` (slope/intercept of predicted on age) or ``beheshti`` (of gap on age).
+        slope: fitted slope ``a``.
+        intercept: fitted intercept ``b``.
+        n: number of subjects it was fitted on.
+    """
+
+    method: str
+    slope: float
+    intercept: float
+    n: int
+
+    def apply(self, age: ArrayLike, predicted: ArrayLike) -> np.ndarray:
+        """Return bias-corrected predicted ages (subtract ``age`` for the corrected gap)."""
+        age, predicted = np.asarray(age, dtype=float), np.asarray(predicted, dtype=float)
+        if self.method == "cole":
+            return (predicted - self.intercept) / self.slope
+        return predicted - (self.slope * age + self.intercept)
+
+
+def fit_bias_correction(age: ArrayLike, predicted: ArrayLike, method: str = "cole") -> BiasCorrection:
+    """Fit an age-bias correction by least squares (:func:`scipy.stats.linregress`).
+
+    Pass healthy subjects that the model was not trained on (normally CN validation rows; see
+    :func:`corrected_predictions`, which chooses them for a run).
+
+    Args:
+        age: chronological ages.
+        predicted: predicted ages.
+        method: ``cole`` or ``beheshti`` (see the module docstring).
+
+    Raises:
+        ValueError: unknown method, fewer than 3 subjects, non-finite values, all ages equal, or
+            (``cole``) a non-positive slope, which the division cannot undo.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown bias-correction method {method!r}; choose one of {list(METHODS)}")
+    age, predicted = _as_pair(age, predicted, minimum=3)
+    if np.ptp(age) == 0:
+        raise ValueError(f"all {age.size} bias-correction subjects have age {age[0]:g}: the age slope is undefined")
+    target = predicted if method == "cole" else predicted - age
+    fit = st.linregress(age, target)
+    if method == "cole" and fit.slope <= 0:
+        raise ValueError(
+            f"predicted age does not increase with age on the correction subjects (slope {fit.slope:.3g}): "
+            "the 'cole' correction would divide by it; check the model or use method='beheshti'"
+        )
+    return BiasCorrection(method=method, slope=float(fit.slope), intercept=float(fit.intercept), n=int(age.size))
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], source: str) -> None:
+    missing = [column for column in columns if column not in frame.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; present: {list(frame.columns)}")
+
+
+def select_correction_subjects(
+    predictions: pd.DataFrame, groups: Sequence[str] = (HEALTHY_GROUP,), split: str = "val"
+) -> pd.Series:
+    """Boolean mask of the rows a bias correction is fitted on: ``group`` in ``groups`` and ``split``."""
+    _require_columns(predictions, ("group", "split"), "predictions")
+    return predictions["group"].isin(list(groups)) & (predictions["split"] == split)
+
+
+def controls_from_manifest(predictions: pd.DataFrame, manifest: str | os.PathLike[str]) -> pd.Series:
+    """Mask of the prediction rows whose subject is a CN row of another manifest.
+
+    The manifest is validated like any manifest (images are not opened). Only its ``group ==
+    "CN"`` rows count; each of their subject IDs must appear in ``predictions``. Rows of those
+    subjects in any split are selected; :func:`corrected_predictions` then refuses the mask if it
+    reaches a patient or a test row. Rows of the ``train`` split are allowed, but the network
+    fitted them: they usually show less age bias than unseen subjects, so the correction
+    under-corrects. Prefer controls the model never trained on.
+
+    Raises:
+        ValueError: the manifest has no CN rows, or lists CN subjects absent from ``predictions``.
+    """
+    frame = read_manifest(manifest, check_images="none")
+    subjects = set(frame.loc[frame["group"] == HEALTHY_GROUP, "subject_id"])
+    if not subjects:
+        raise ValueError(
+            f"{manifest}: no rows with group {HEALTHY_GROUP}; the controls manifest defines the correction set"
+        )
+    missing = sorted(subjects - set(predictions["subject_id"].astype(str)))
+    if missing:
+        raise ValueError(
+            f"{manifest}: {len(missing)} CN subject(s) have no prediction in the run (e.g. {missing[:5]}); "
+            "the correction subjects must be in the run's manifest"
+        )
+    return predictions["subject_id"].astype(str).isin(subjects)
+
+
+def corrected_predictions(
+    predictions: pd.DataFrame, method: str = "cole", fit_mask: pd.Series | np.ndarray | None = None
+) -> pd.DataFrame:
+    """Fit the age-bias correction on healthy non-test rows and apply it to every row.
+
+    Args:
+        predictions: a run's ``predictions.csv`` as read by :func:`read_predictions`.
+        method: ``cole`` or ``beheshti``.
+        fit_mask: rows to fit on; default :func:`select_correction_subjects` (CN and ``val``).
+            Any mask reaching a non-CN row or a ``test`` row is refused.
+
+    Returns:
+        A copy with ``gap`` (predicted - age), ``predicted_age_corrected``, ``gap_corrected`` and
+        ``used_for_correction`` columns; ``attrs["bias_correction"]`` holds the
+        :class:`BiasCorrection`.
+
+    Raises:
+        ValueError: no fit rows, fit rows that are patients or test rows, or a failed fit.
+    """
+    _require_columns(predictions, PREDICTION_COLUMNS, "predictions")
+    if fit_mask is None:
+        fit_mask = select_correction_subjects(predictions)
+    if isinstance(fit_mask, pd.Series):
+        fit_mask = fit_mask.reindex(predictions.index, fill_value=False).astype(bool)
+    else:
+        fit_mask = pd.Series(np.asarray(fit_mask, dtype=bool), index=predictions.index)
+    forbidden = fit_mask & ((predictions["group"] != HEALTHY_GROUP) | (predictions["split"] == "test"))
+    if forbidden.any():
+        examples = predictions.loc[forbidden, ["subject_id", "group", "split"]].head(5).to_dict("records")
+        raise ValueError(
+            f"the bias correction may only be fitted on {HEALTHY_GROUP} rows outside the test split; "
+            f"{int(forbidden.sum())} selected row(s) are patients or test rows, e.g. {examples}"
+        )
+    if not fit_mask.any():
+        raise ValueError(
+            f"predictions: no rows to fit the age-bias correction on (by default the {HEALTHY_GROUP} rows of the "
+            "'val' split); give the manifest a validation split or pass a controls manifest"
+        )
+    fit_rows = predictions[fit_mask]
+    correction = fit_bias_correction(fit_rows["age"], fit_rows["predicted_age"], method)
+    result = predictions.copy()
+    result["gap"] = result["predicted_age"] - result["age"]
+    result["predicted_age_corrected"] = correction.apply(result["age"], result["predicted_age"])
+    result["gap_corrected"] = result["predicted_age_corrected"] - result["age"]
+    result["used_for_correction"] = fit_mask
+    result.attrs["bias_correction"] = correction
+    return result
+
+
+def mae_by_age_band(
+    age: ArrayLike,
+    predicted: ArrayLike,
+    edges: Sequence[float] = DEFAULT_AGE_EDGES,
+) -> pd.DataFrame:
+    """MAE and mean gap per age band: regression to the mean shows as positive then negative gaps.
+
+    Args:
+        age: chronological ages.
+        predicted: predicted ages.
+        edges: increasing band edges; bands are ``[lower, upper)``. The default adds open bands
+            below 20 and from 90 up.
+
+    Returns:
+        One row per band (empty bands kept with ``n = 0``): ``band`` (e.g. ``"60-70"``,
+        ``"<20"``, ``">=90"``), ``n``, ``mae``, ``mean_gap``.
+
+    Raises:
+        ValueError: edges not increasing, or ages outside ``[edges[0], edges[-1])``.
+    """
+    age, predicted = _as_pair(age, predicted, minimum=1)
+    edges = [float(edge) for edge in edges]
+    if len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"age-band edges must be at least two strictly increasing values; got {edges}")
+    labels = [
+        f"<{upper:g}" if lower == -math.inf else f">={lower:g}" if upper == math.inf else f"{lower:g}-{upper:g}"
+        for lower, upper in zip(edges[:-1], edges[1:])
+    ]
+    bands = pd.cut(age, edges, right=False, labels=labels)
+    outside = int(pd.isna(bands).sum())
+    if outside:
+        raise ValueError(f"{outside} age(s) fall outside the band edges [{edges[0]:g}, {edges[-1]:g}); widen the edges")
+    gap = predicted - age
+    frame = pd.DataFrame({"band": bands, "abs_error": np.abs(gap), "gap": gap})
+    table = frame.groupby("band", observed=False).agg(
+        n=("gap", "size"), mae=("abs_error", "mean"), mean_gap=("gap", "mean")
+    )
+    table = table.reset_index()
+    table["band"] = table["band"].astype(str)
+    return table
+
+
+def prediction_consistency(predictions_per_augmentation: np.ndarray) -> dict[str, float]:
+    """How much a scan's predicted age moves under test-time augmentation.
+
+    Args:
+        predictions_per_augmentation: array ``[n_subjects, n_augmentations]`` of predicted ages,
+            one row per scan, one column per augmented copy of it.
+
+    Returns:
+        ``n_subjects``, ``n_augmentations`` and the ``mean_sd``, ``median_sd`` and ``max_sd``
+        (years) of the per-subject standard deviations (``ddof=1``).
+    """
+    values = np.asarray(predictions_per_augmentation, dtype=float)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 2:
+        raise ValueError(f"need an array [n_subjects >= 1, n_augmentations >= 2]; got shape {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("augmented predictions must be finite")
+    spread = np.std(values, axis=1, ddof=1)
+    return {
+        "n_subjects": int(values.shape[0]),
+        "n_augmentations": int(values.shape[1]),
+        "mean_sd": float(np.mean(spread)),
+        "median_sd": float(np.median(spread)),
+        "max_sd": float(np.max(spread)),
+    }
+
+
+def read_predictions(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read ``RUN_DIR/predictions.csv`` with typed columns; check ages and predictions are present."""
+    path = Path(run_dir) / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder (brainage train)?")
+    frame = pd.read_csv(path, dtype={"subject_id": str, "split": str, "group": str, "sex": str, "site": str})
+    _require_columns(frame, PREDICTION_COLUMNS, str(path))
+    for column in (c for c in NUMERIC_COLUMNS if c in frame.columns):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    for column in ("age", "predicted_age"):
+        bad = frame.loc[frame[column].isna(), "subject_id"].tolist()
+        if bad:
+            raise ValueError(
+                f"{path}: column '{column}' is missing or not a number for {len(bad)} row(s), e.g. {bad[:5]}"
+            )
+    return frame
+
+
+def _json_safe(value: Any) -> Any:
+    """Floats that are not finite become ``None`` (valid JSON); numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    controls_manifest: str | os.PathLike[str] | None = None,
+    method: str = "cole",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Accuracy of a run on the CN test set, before and after age-bias correction.
+
+    The correction is fitted on the CN ``val`` rows of ``predictions.csv`` or, with
+    ``controls_manifest``, on the rows of ``predictions.csv`` whose subject is a CN row of that
+    manifest (see :func:`controls_from_manifest`); either way never on patients or test rows.
+    Intervals are percentile bootstraps over the CN test scans with the correction held fixed
+    (it is fitted on other subjects).
+
+    Writes ``RUN_DIR/metrics.json`` (the returned dict) and ``RUN_DIR/predictions_corrected.csv``
+    (``predictions.csv`` plus the columns of :func:`corrected_predictions`).
+
+    Returns:
+        ``raw`` and ``corrected`` (metric -> value, ci_low, ci_high), ``age_bands`` (raw and
+        corrected, one record per band), ``bias_correction`` (coefficients and the rows fitted
+        on), ``test_set`` (n scans and subjects), the settings, and ``notes``.
+
+    Raises:
+        ValueError: no CN test rows, or the correction cannot be fitted (see
+            :func:`corrected_predictions`).
+    """
+    run_dir = Path(run_dir)
+    predictions = read_predictions(run_dir)
+    fit_mask = None if controls_manifest is None else controls_from_manifest(predictions, controls_manifest)
+    corrected = corrected_predictions(predictions, method=method, fit_mask=fit_mask)
+    correction: BiasCorrection = corrected.attrs["bias_correction"]
+    test = corrected[(corrected["group"] == HEALTHY_GROUP) & (corrected["split"] == "test")]
+    if len(test) < 2:
+        raise ValueError(
+            f"{run_dir / 'predictions.csv'}: need at least 2 {HEALTHY_GROUP} rows in the 'test' split; "
+            f"found {len(test)}"
+        )
+    fitted = corrected[corrected["used_for_correction"]]
+    n_subjects = int(test["subject_id"].nunique())
+    notes = ["intervals hold the bias correction fixed: it is fitted on subjects outside the test set"]
+    if n_subjects < len(test):
+        notes.append(
+            f"{len(test) - n_subjects} test scans repeat a subject: the bootstrap resamples scans, "
+            "so intervals are too narrow"
+        )
+    age, raw, adjusted = (test[column].to_numpy() for column in ("age", "predicted_age", "predicted_age_corrected"))
+    report = {
+        "run_dir": str(run_dir),
+        "method": method,
+        "n_boot": n_boot,
+        "seed": seed,
+        "ci_level": level,
+        "test_set": {"group": HEALTHY_GROUP, "split": "test", "n_scans": len(test), "n_subjects": n_subjects},
+        "bias_correction": {
+            **asdict(correction),
+            "fitted_on": {
+                "source": "CN val rows of predictions.csv" if controls_manifest is None else str(controls_manifest),
+                "groups": fitted["group"].value_counts().to_dict(),
+                "splits": fitted["split"].value_counts().to_dict(),
+            },
+        },
+        "raw": metrics_with_ci(age, raw, n_boot=n_boot, seed=seed, level=level),
+        "corrected": metrics_with_ci(age, adjusted, n_boot=n_boot, seed=seed, level=level),
+        "age_bands": {
+            "raw": mae_by_age_band(age, raw).to_dict("records"),
+            "corrected": mae_by_age_band(age, adjusted).to_dict("records"),
+        },
+        "notes": notes,
+    }
+    report = _json_safe(report)
+    with atomic_path(run_dir / "predictions_corrected.csv", suffix=".csv") as temp:
+        corrected.to_csv(temp, index=False)
+    write_json(run_dir / "metrics.json", report)
+    return report

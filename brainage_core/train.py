@@ -1,0 +1,439 @@
+"""The training engine: end-to-end regression and two-stage contrastive training.
+
+* **Regression** (``loss.name`` ``mse`` or ``l1``): encoder + linear regressor trained end to
+  end on one augmented view per subject, on standardised age.
+* **Two-stage contrastive** (``rnc``, ``ntxent``, ``supcon``, ``yaware``): the encoder and
+  projection head are trained with the contrastive loss on ``n_views`` augmented views; at each
+  evaluation a linear regressor is fitted with L1 on the frozen (un-augmented) encoder features
+  of the training set (:func:`fit_linear_probe`).
+
+Both use the same backbone, data, augmentation and epoch budget. The epoch with the best
+validation MAE (validation subjects of the training groups; never the test set) is kept.
+
+A run directory holds: ``config.yaml`` (resolved), ``metrics.csv`` (per epoch), ``model.pt``
+(the selected weights, a state dict), ``predictions.csv`` (every manifest row: subject_id,
+split, group, age, predicted_age), ``checkpoint.pt`` (latest epoch, for ``--resume``) and
+``log.txt``. Each epoch's randomness is derived from (seed, epoch), and checkpoints are written
+atomically, so a run resumed after a kill ends with the same weights as an uninterrupted one.
+
+Multi-GPU / multi-node: launch with ``torchrun``; each rank takes a slice of every global
+batch, contrastive features are gathered across ranks with gradients
+(:func:`~brainage_core.distributed.gather_for_loss`) so negatives span the global batch, and
+only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from brainage_core import distributed
+from brainage_core.config import ProbeConfig, RunConfig, config_to_dict, load_config
+from brainage_core.data import VolumeDataset, assign_splits, load_volumes
+from brainage_core.fileio import atomic_path
+from brainage_core.imaging import VolumeCache, default_cache_dir
+from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
+from brainage_core.manifest import read_manifest
+from brainage_core.models import BrainAgeModel, build_model
+
+__all__ = [
+    "train",
+    "predict",
+    "load_run_model",
+    "fit_linear_probe",
+    "extract_features",
+    "predict_ages",
+    "resolve_device",
+    "RUN_FILES",
+]
+
+RUN_FILES = ("config.yaml", "metrics.csv", "predictions.csv", "model.pt", "log.txt")
+LOGGER = logging.getLogger("brainage.train")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
+    return torch.device(name)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
+    optim = config.train
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown train.optimizer {optim.optimizer!r}; use adamw or sgd")
+
+
+@torch.no_grad()
+def extract_features(model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """Encoder features ``[N, D]`` (float32, CPU) of volumes ``[N, 1, X, Y, Z]`` in eval mode."""
+    model.eval()
+    parts = [model.features(volumes[i : i + batch_size].to(device).float()).float().cpu() for i in range(0, len(volumes), batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
+
+
+@torch.no_grad()
+def predict_ages(model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+    """Predicted ages ``[N]`` in years of volumes ``[N, 1, X, Y, Z]``."""
+    return model.regress(extract_features(model, volumes, device, batch_size).to(device)).cpu()
+
+
+def fit_linear_probe(features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a linear regressor with L1 loss on frozen features (deterministic, full batch).
+
+    Features are standardised; the ridge solution initialises the weights and Adam refines them
+    on ``L1 + ridge / N * ||w||^2`` (the penalty keeps the probe from interpolating when there
+    are fewer subjects than feature dimensions). The standardisation is folded back into the weights.
+
+    Args:
+        features: ``[N, D]`` training features.
+        ages: ``[N]`` training ages in years.
+        age_mean, age_std: the model's target standardisation.
+        config: probe settings.
+
+    Returns:
+        ``weight [1, D]`` and ``bias [1]`` for ``nn.Linear(D, 1)`` predicting standardised age.
+    """
+    features = features.double()
+    target = ((ages.double() - age_mean) / age_std).unsqueeze(1)  # target: [N, 1]
+    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
+    z = (features - mean) / std  # z: [N, D]
+    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1)  # design: [N, D + 1]
+    ridge = config.ridge * torch.eye(design.shape[1], dtype=z.dtype)
+    ridge[-1, -1] = 0.0  # the intercept is not penalised
+    solution = torch.linalg.solve(design.T @ design + ridge, design.T @ target)  # solution: [D + 1, 1]
+    weight = solution[:-1].T.clone().requires_grad_(True)  # weight: [1, D]
+    bias = solution[-1].clone().requires_grad_(True)  # bias: [1]
+    optimizer = torch.optim.Adam([weight, bias], lr=config.lr)
+    for _ in range(config.steps):
+        optimizer.zero_grad()
+        loss = (z @ weight.T + bias - target).abs().mean() + config.ridge / len(z) * weight.pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    weight, bias = weight.detach() / std, bias.detach() - (weight.detach() / std * mean).sum()
+    return weight.float(), bias.float()
+
+
+class _Trainer:
+    """State and steps of one run; :func:`train` drives it."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, progress: bool):
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.contrastive = config.loss.name in CONTRASTIVE_LOSSES
+        if not self.contrastive and config.loss.name not in REGRESSION_LOSSES:
+            raise ValueError(f"unknown loss.name {config.loss.name!r}; use one of {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}")
+        self.loss_fn = build_loss(config.loss.name, **config.loss.params)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.device = resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.cuda = self.device.type == "cuda"
+
+        self.frame = read_manifest(config.data.manifest)
+        self.frame["split"] = assign_splits(self.frame, config.data.test_fold).to_numpy()
+        cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
+        masks = self.frame["mask"].tolist() if "mask" in self.frame.columns else [None] * len(self.frame)
+        self.volumes, _ = load_volumes(
+            self.frame["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=progress and self.rank == 0
+        )
+        self.ages = torch.tensor(self.frame["age"].to_numpy(), dtype=torch.float32)
+        in_groups = self.frame["group"].isin(config.data.train_groups).to_numpy()
+        self.train_idx = np.flatnonzero(in_groups & (self.frame["split"] == "train").to_numpy())
+        self.val_idx = np.flatnonzero(in_groups & (self.frame["split"] == "val").to_numpy())
+        if len(self.train_idx) < 2 or len(self.val_idx) < 1:
+            raise ValueError(
+                f"{config.data.manifest}: need >= 2 training and >= 1 validation scans of groups "
+                f"{list(config.data.train_groups)}; found {len(self.train_idx)} and {len(self.val_idx)}"
+            )
+        n_views = config.loss.n_views if self.contrastive else 1
+        self.dataset = VolumeDataset(self.volumes, self.ages, config.augment, n_views=n_views, seed=config.seed)
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model)
+        self.model.set_age_scale(self.ages[self.train_idx])
+        self.model.to(self.device)
+        if self.cuda and config.channels_last:
+            self.model.to(memory_format=torch.channels_last_3d)
+        self.network: nn.Module = self.model
+        if self.world > 1:
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        self.optimizer = _optimizer(config, self.model.parameters())
+        self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),
+        )
+        self.start_epoch = 0
+        self.best_mae = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+        self.history: list[dict[str, float]] = []
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_mae": self.best_mae,
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "history": self.history,
+        }
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.best_mae = checkpoint["best_mae"]
+        self.best_state = checkpoint["best_state"]
+        self.epochs_without_improvement = checkpoint["epochs_without_improvement"]
+        self.history = checkpoint["history"]
+        self.start_epoch = checkpoint["epoch"] + 1
+
+    # ----------------------------------------------------------------------------- one epoch
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's share of each global batch, in an order fixed by (seed, epoch)."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        order = self.train_idx[rng.permutation(len(self.train_idx))]
+        size = self.config.train.batch_size
+        batches = [order[i * size : (i + 1) * size] for i in range(self.steps_per_epoch)]
+        return [batch[self.rank :: self.world] for batch in batches]
+
+    def _loss(self, views: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
+        if self.contrastive:
+            batch, n_views = views.shape[:2]
+            flat = views.flatten(0, 1)  # flat: [B * V, 1, X, Y, Z]
+            if self.cuda and self.config.channels_last:
+                flat = flat.contiguous(memory_format=torch.channels_last_3d)
+            projections = self.network(flat, project=True)  # projections: [B * V, P]
+            features = projections.float().view(batch, n_views, -1)  # features: [B, V, P]
+            features, ages = distributed.gather_for_loss(features, ages)
+            return self.loss_fn(features, ages)
+        if self.cuda and self.config.channels_last:
+            views = views.contiguous(memory_format=torch.channels_last_3d)
+        predicted = self.network(views)  # predicted: [B] years
+        scale = self.model.age_std
+        return self.loss_fn((predicted.float() - self.model.age_mean) / scale, (ages - self.model.age_mean) / scale)
+
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.dataset.set_epoch(epoch)
+        batches = self._batches(epoch)
+        loader = DataLoader(
+            Subset(self.dataset, np.concatenate(batches).tolist()),
+            batch_size=len(batches[0]),
+            shuffle=False,
+            num_workers=self.config.num_workers,
+            pin_memory=self.cuda,
+        )
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", disable=not self.progress or self.rank != 0, leave=False)
+        for views, ages in bar:
+            views, ages = views.to(self.device, non_blocking=True), ages.to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
+                loss = self._loss(views, ages)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch + 1}; lower train.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return float(np.mean(losses))
+
+    def evaluate(self) -> tuple[float, float]:
+        """Fit the probe (contrastive) and return (train MAE, validation MAE) in years."""
+        if self.contrastive:
+            features = extract_features(self.model, self.volumes[self.train_idx], self.device)
+            weight, bias = fit_linear_probe(
+                features, self.ages[self.train_idx], float(self.model.age_mean), float(self.model.age_std), self.config.probe
+            )
+            with torch.no_grad():
+                self.model.regressor.weight.copy_(weight)
+                self.model.regressor.bias.copy_(bias)
+        train_mae = float((predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx]).abs().mean())
+        val_mae = float((predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean())
+        return train_mae, val_mae
+
+
+def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
+    if rank != 0:
+        return None
+    handler = logging.FileHandler(run_dir / "log.txt")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    return handler
+
+
+def _init_distributed(config: RunConfig) -> bool:
+    """Initialise torch.distributed when launched by torchrun; return whether this call did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if resolve_device(config.device).type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+        return True
+    return False
+
+
+def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = False, progress: bool = True) -> Path:
+    """Train one model and write its run directory.
+
+    Args:
+        config: the run configuration (see :mod:`brainage_core.config`).
+        run_dir: output folder; created if missing.
+        resume: continue from ``run_dir/checkpoint.pt`` (written after every epoch).
+        progress: show tqdm progress bars.
+
+    Returns:
+        The run directory.
+
+    Raises:
+        FileExistsError: ``run_dir`` already holds a finished or started run and ``resume`` is false.
+        ValueError: invalid configuration or data.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if not resume and (checkpoint_path.exists() or (run_dir / "model.pt").exists()):
+        raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose a new folder")
+    if resume and not checkpoint_path.exists():
+        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
+    started_distributed = _init_distributed(config)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(run_dir, distributed.rank())
+    try:
+        trainer = _Trainer(config, run_dir, progress)
+        is_main = trainer.rank == 0
+        if is_main:
+            with atomic_path(run_dir / "config.yaml") as temp:
+                temp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        if resume:
+            trainer.restore(torch.load(checkpoint_path, map_location=trainer.device, weights_only=False))
+            LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
+        LOGGER.info(
+            "loss=%s device=%s train=%d val=%d epochs=%d", config.loss.name, trainer.device, len(trainer.train_idx), len(trainer.val_idx), config.train.epochs
+        )
+        for epoch in range(trainer.start_epoch, config.train.epochs):
+            started = time.perf_counter()
+            train_loss = trainer.train_epoch(epoch)
+            train_mae, val_mae = trainer.evaluate()
+            improved = val_mae < trainer.best_mae
+            if improved:
+                trainer.best_mae = val_mae
+                trainer.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
+                trainer.epochs_without_improvement = 0
+            else:
+                trainer.epochs_without_improvement += 1
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_mae": train_mae,
+                "val_mae": val_mae,
+                "lr": trainer.scheduler.get_last_lr()[0],
+                "seconds": time.perf_counter() - started,
+            }
+            trainer.history.append(row)
+            LOGGER.info("epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s", epoch + 1, train_loss, train_mae, val_mae, " *" if improved else "")
+            if progress and is_main:
+                tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}")
+            if is_main:
+                with atomic_path(checkpoint_path, suffix=".pt") as temp:
+                    torch.save(trainer.state(epoch), temp)
+            patience = config.train.patience
+            if patience is not None and trainer.epochs_without_improvement >= patience:
+                LOGGER.info("early stop: no better validation MAE for %d epochs", patience)
+                break
+        if is_main:
+            _write_outputs(trainer, run_dir)
+    finally:
+        if handler is not None:
+            LOGGER.removeHandler(handler)
+            handler.close()
+        if started_distributed:
+            dist.destroy_process_group()
+    return run_dir
+
+
+def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
+    trainer.model.load_state_dict(trainer.best_state)
+    with atomic_path(run_dir / "model.pt", suffix=".pt") as temp:
+        torch.save(trainer.model.state_dict(), temp)
+    with atomic_path(run_dir / "metrics.csv", suffix=".csv") as temp:
+        pd.DataFrame(trainer.history).to_csv(temp, index=False)
+    predicted = predict_ages(trainer.model, trainer.volumes, trainer.device).numpy()
+    columns = [c for c in ("subject_id", "split", "group", "sex", "site", "age", "true_gap", "mmse", "cdr", "updrs3", "hoehn_yahr") if c in trainer.frame.columns]
+    predictions = trainer.frame[columns].copy()
+    predictions["predicted_age"] = predicted
+    predictions["image"] = trainer.frame["image"]
+    with atomic_path(run_dir / "predictions.csv", suffix=".csv") as temp:
+        predictions.to_csv(temp, index=False)
+    LOGGER.info("best validation MAE %.2f years; wrote %s", trainer.best_mae, ", ".join(RUN_FILES))
+
+
+def load_run_model(run_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[BrainAgeModel, RunConfig]:
+    """Load a finished run's selected model (``model.pt``, weights only) and its config."""
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "model.pt"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} a finished run directory?")
+    config = load_config(run_dir / "config.yaml")
+    model = build_model(config.model)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    return model.to(device).eval(), config
+
+
+def predict(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], out: str | os.PathLike[str], device: str = "auto", progress: bool = True) -> pd.DataFrame:
+    """Predict brain age for every scan of a manifest with a trained run; write a CSV.
+
+    Returns:
+        The predictions (subject_id, age, group, ..., predicted_age, brain_age_gap).
+    """
+    torch_device = resolve_device(device)
+    model, config = load_run_model(run_dir, str(torch_device))
+    frame = read_manifest(manifest)
+    cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
+    masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
+    volumes, _ = load_volumes(frame["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=progress)
+    columns = [c for c in ("subject_id", "split", "group", "sex", "site", "age") if c in frame.columns]
+    result = frame[columns].copy()
+    result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy()
+    result["brain_age_gap"] = result["predicted_age"] - result["age"]
+    with atomic_path(out, suffix=".csv") as temp:
+        result.to_csv(temp, index=False)
+    return result

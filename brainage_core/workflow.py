@@ -1,0 +1,141 @@
+"""Glue between the book's notebooks and the package: data and runs on demand.
+
+Every chapter can run on its own (a reader opening it, nbmake in smoke mode) or inside a batch
+run of the book, where upstream runs already produced the cohort and the trained models. The
+helpers here make both work without logic in the notebooks: they reuse what exists and is
+complete, and create what is missing, with the same package functions the CLI uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from brainage_core.config import RunConfig, config_to_dict, load_config
+from brainage_core.manifest import read_manifest
+
+__all__ = ["SMOKE", "smoke_mode", "ensure_cohort", "resolve_manifest", "make_config", "ensure_run", "is_finished_run"]
+
+# Settings that shrink a chapter to a few seconds (nbmake tests, the `smoke` profile).
+SMOKE: dict[str, Any] = {
+    "n_subjects": 40,
+    "cohort_spacing": 3.0,
+    "spacing": 4.0,
+    "shape": [40, 48, 40],
+    "epochs": 1,
+    "width": 0.125,
+    "batch_size": 8,
+}
+
+
+def smoke_mode(parameter: bool) -> bool:
+    """Smoke mode is on when the notebook parameter says so or ``BRAINAGE_SMOKE=1``.
+
+    nbmake does not inject papermill parameters, so the tests set the environment variable.
+    """
+    return bool(parameter) or os.environ.get("BRAINAGE_SMOKE") == "1"
+
+
+def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int, spacing: float, progress: bool = True) -> Path:
+    """Return the manifest of a synthetic cohort in ``cohort_dir``, generating it if needed.
+
+    An existing cohort is reused only if its ``cohort.json`` records the same size, seed and
+    spacing and its manifest is complete; otherwise the folder is regenerated.
+    """
+    from brainage_core.synth import generate_cohort
+
+    cohort_dir = Path(cohort_dir)
+    manifest = cohort_dir / "manifest.csv"
+    record = cohort_dir / "cohort.json"
+    if manifest.is_file() and record.is_file():
+        recorded = json.loads(record.read_text())
+        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == (n_subjects, seed, float(spacing)):
+            return manifest
+    if cohort_dir.exists():
+        shutil.rmtree(cohort_dir)
+    return generate_cohort(cohort_dir, n_subjects=n_subjects, seed=seed, spacing=spacing, progress=progress)
+
+
+def resolve_manifest(manifest: str, cohort_dir: str, n_subjects: int, cohort_seed: int, cohort_spacing: float) -> Path:
+    """The user's manifest when one is given (validated), else the synthetic cohort's."""
+    if manifest:
+        path = Path(manifest).expanduser().resolve()
+        read_manifest(path)  # raises ManifestError listing every problem
+        return path
+    return ensure_cohort(cohort_dir, n_subjects, cohort_seed, cohort_spacing)
+
+
+def make_config(
+    manifest: str | os.PathLike[str],
+    loss: str = "rnc",
+    seed: int = 0,
+    spacing: float = 3.0,
+    shape: list[int] | tuple[int, ...] = (64, 72, 64),
+    arch: str = "resnet10",
+    width: float = 0.25,
+    epochs: int = 15,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    device: str = "auto",
+    num_workers: int = 0,
+    loss_params: dict[str, Any] | None = None,
+    extra: list[str] | None = None,
+) -> RunConfig:
+    """Map a notebook's flat parameters onto a :class:`~brainage_core.config.RunConfig`.
+
+    Args:
+        manifest: the manifest to train on.
+        loss, seed, spacing, shape, arch, width, epochs, batch_size, lr, device, num_workers:
+            the fields of the same meaning in the config sections.
+        loss_params: keyword arguments of the loss (e.g. ``{"temperature": 2.0}``).
+        extra: further ``section.key=value`` overrides.
+    """
+    overrides = [
+        f"data.manifest={manifest}",
+        f"data.spacing={spacing}",
+        f"data.shape={list(shape)}",
+        f"loss.name={loss}",
+        f"seed={seed}",
+        f"model.arch={arch}",
+        f"model.width={width}",
+        f"train.epochs={epochs}",
+        f"train.batch_size={batch_size}",
+        f"train.lr={lr}",
+        f"device={device}",
+        f"num_workers={num_workers}",
+        *(extra or []),
+    ]
+    config = load_config(None, overrides)
+    if loss_params:
+        config.loss.params = dict(loss_params)
+    return config
+
+
+def is_finished_run(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``run_dir`` holds a complete run (its selected model and predictions)."""
+    run_dir = Path(run_dir)
+    return (run_dir / "model.pt").is_file() and (run_dir / "predictions.csv").is_file()
+
+
+def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> Path:
+    """Train ``config`` into ``run_dir`` unless that exact run is already there.
+
+    A finished run with the same resolved config is reused; an interrupted one is resumed
+    from its checkpoint; a run made with a different config is replaced.
+    """
+    from brainage_core.train import train
+
+    run_dir = Path(run_dir)
+    wanted = config_to_dict(config)
+    existing = run_dir / "config.yaml"
+    if existing.is_file():
+        if config_to_dict(load_config(existing)) == wanted:
+            if is_finished_run(run_dir):
+                return run_dir
+            if (run_dir / "checkpoint.pt").is_file():
+                return train(config, run_dir, resume=True, progress=progress)
+        shutil.rmtree(run_dir)
+    return train(config, run_dir, progress=progress)

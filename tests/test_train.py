@@ -1,0 +1,127 @@
+"""Training engine: run directory, determinism, resume after kill, model selection, predict."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from brainage_core.cli import main
+from brainage_core.config import load_config
+from brainage_core.train import RUN_FILES, load_run_model, predict_ages, train
+from brainage_core.data import load_volumes
+from brainage_core.imaging import VolumeCache
+from brainage_core.manifest import read_manifest
+from tests.conftest import write_tiny_cohort
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(folder: Path, manifest: Path, loss: str = "mse", epochs: int = 2) -> list[str]:
+    return [
+        f"data.manifest={manifest}",
+        "data.spacing=4",
+        "data.shape=[16,16,16]",
+        f"data.cache_dir={folder / 'cache'}",
+        "model.width=0.125",
+        f"train.epochs={epochs}",
+        "train.batch_size=6",
+        f"loss.name={loss}",
+        "probe.steps=50",
+        "num_threads=1",
+    ]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=30)
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("loss", ["rnc", "mse"])
+def test_run_directory_holds_the_contract(cohort: Path, tmp_path: Path, loss: str) -> None:
+    run = train(load_config(None, tiny_overrides(tmp_path, cohort, loss)), tmp_path / "run", progress=False)
+    assert all((run / name).is_file() for name in RUN_FILES)
+    predictions = pd.read_csv(run / "predictions.csv")
+    manifest = pd.read_csv(cohort)
+    assert len(predictions) == len(manifest), "every manifest row, patients included, gets a prediction"
+    assert {"subject_id", "split", "group", "age", "predicted_age"} <= set(predictions.columns)
+    assert predictions["predicted_age"].notna().all()
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].tolist() == [1, 2] and {"train_loss", "val_mae"} <= set(metrics.columns)
+    assert load_config(run / "config.yaml") == load_config(None, tiny_overrides(tmp_path, cohort, loss))
+
+
+def test_same_config_twice_gives_identical_metrics_and_weights(cohort: Path, tmp_path: Path) -> None:
+    config = load_config(None, tiny_overrides(tmp_path, cohort, "rnc"))
+    first, second = train(config, tmp_path / "a", progress=False), train(config, tmp_path / "b", progress=False)
+    columns = ["epoch", "train_loss", "train_mae", "val_mae", "lr"]
+    pd.testing.assert_frame_equal(pd.read_csv(first / "metrics.csv")[columns], pd.read_csv(second / "metrics.csv")[columns])
+    assert state_dicts_equal(torch.load(first / "model.pt", weights_only=True), torch.load(second / "model.pt", weights_only=True))
+
+
+def test_selected_model_is_the_best_validation_epoch(cohort: Path, tmp_path: Path) -> None:
+    run = train(load_config(None, tiny_overrides(tmp_path, cohort, "mse", epochs=4)), tmp_path / "run", progress=False)
+    metrics = pd.read_csv(run / "metrics.csv")
+    predictions = pd.read_csv(run / "predictions.csv")
+    val = predictions[(predictions["split"] == "val") & (predictions["group"] == "CN")]
+    val_mae = (val["predicted_age"] - val["age"]).abs().mean()
+    assert val_mae == pytest.approx(metrics["val_mae"].min(), abs=1e-3)
+
+
+def test_resume_after_kill_ends_with_the_same_weights(cohort: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(tmp_path, cohort, "rnc", epochs=8)
+    reference = train(load_config(None, overrides), tmp_path / "reference", progress=False)
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "brainage_core.cli", "train", "--quiet", "--run-dir", str(run_dir), "--set", *overrides]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint.pt").exists():
+        assert process.poll() is None, process.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "model.pt").exists(), "the run finished before it could be killed"
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["epoch"]
+    assert killed_at < 7
+    assert main(["train", "--quiet", "--resume", "--run-dir", str(run_dir), "--set", *overrides]) == 0
+    assert state_dicts_equal(torch.load(run_dir / "model.pt", weights_only=True), torch.load(reference / "model.pt", weights_only=True))
+    columns = ["epoch", "train_loss", "val_mae"]
+    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "metrics.csv")[columns], pd.read_csv(reference / "metrics.csv")[columns])
+
+
+def test_predict_reproduces_the_run_predictions(cohort: Path, tmp_path: Path) -> None:
+    run = train(load_config(None, tiny_overrides(tmp_path, cohort, "l1")), tmp_path / "run", progress=False)
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--quiet", "--run", str(run), "--manifest", str(cohort), "--out", str(out)]) == 0
+    predicted = pd.read_csv(out)
+    expected = pd.read_csv(run / "predictions.csv")
+    pd.testing.assert_series_equal(predicted["predicted_age"], expected["predicted_age"], atol=1e-4, check_exact=False)
+    assert (predicted["brain_age_gap"] - (predicted["predicted_age"] - predicted["age"])).abs().max() < 1e-4
+    model, config = load_run_model(run)
+    frame = read_manifest(cohort)
+    volumes, _ = load_volumes(frame["image"], [None] * len(frame), config.data.preprocess_config(), VolumeCache(tmp_path / "cache"), progress=False)
+    torch.testing.assert_close(predict_ages(model, volumes, torch.device("cpu")), torch.tensor(expected["predicted_age"].values, dtype=torch.float32), atol=1e-3, rtol=0)
+
+
+def test_bad_configs_fail_clearly(cohort: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\] in section 'train'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ValueError, match="must be int"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(ValueError, match="unknown loss"):
+        train(load_config(None, tiny_overrides(tmp_path, cohort, "hinge")), tmp_path / "run", progress=False)
+    run = train(load_config(None, tiny_overrides(tmp_path, cohort, "mse")), tmp_path / "done", progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(load_config(None, tiny_overrides(tmp_path, cohort, "mse")), run, progress=False)
