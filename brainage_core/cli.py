@@ -109,6 +109,28 @@ def _cmd_clinical(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from brainage_core.interpret import explain_run
+
+    summary = explain_run(
+        args.run_dir,
+        args.out,
+        manifest=args.manifest,
+        split=None if args.split == "all" else args.split,
+        max_subjects=args.max_subjects,
+        device=args.device,
+        layer=args.layer,
+        batch_size=args.batch_size,
+        background=args.background,
+        progress=not args.quiet,
+    )
+    print(json.dumps(summary["scores"], indent=2, default=str))
+    print(f"wrote maps and figures to {args.out}")
+    return 0
+
+
 def _cmd_book_run(args: argparse.Namespace) -> int:
     from brainage_core.runner import run_book
 
@@ -225,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     clinical.add_argument("--method", choices=("cole", "beheshti"), default="cole", help=correction_help)
     clinical.add_argument("--controls-manifest", type=Path, help=controls_help)
     clinical.set_defaults(handler=_cmd_clinical)
+
+    explain = subparsers.add_parser(
+        "explain",
+        help="Grad-RAM saliency maps of a run: NIfTI maps, group averages, figures, scores",
+        description="Compute signed and ReLU Grad-RAM maps of the predicted age for the scans of a run's split, "
+        "write per-subject and group-average NIfTI maps and figures, and score them against ground-truth effect "
+        "maps (synthetic cohort) and against a random-weights model (randomisation sanity check).",
+    )
+    explain.add_argument("run_dir", type=Path, help="a finished run directory")
+    explain.add_argument("--out", required=True, type=Path, help="output folder")
+    explain.add_argument("--manifest", type=Path, help="scans to explain (default: the run's manifest)")
+    explain.add_argument("--split", default="test", help="split to explain, or 'all' (default test)")
+    explain.add_argument("--max-subjects", type=int, help="explain at most this many scans")
+    explain.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    explain.add_argument("--layer", default="encoder.layer4", help="layer whose activations are weighted (default encoder.layer4)")
+    explain.add_argument("--batch-size", type=int, default=8, help="scans per batch (default 8)")
+    explain.add_argument("--background", choices=("mean", "mni152"), default="mean", help="figure background: mean scan or MNI152 template")
+    explain.add_argument("--quiet", action="store_true", help="no progress bar")
+    explain.set_defaults(handler=_cmd_explain)
 
     bench = subparsers.add_parser(
         "bench",

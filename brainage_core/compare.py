@@ -31,6 +31,7 @@ __all__ = [
     "paired_tests",
     "errors_by_age_band",
     "feature_continuity",
+    "describe_comparison",
     "analyse_features",
 ]
 
@@ -119,6 +120,28 @@ def paired_tests(runs: pd.DataFrame, errors: pd.DataFrame, reference: str = "rnc
             }
         )
     return pd.DataFrame(rows)
+
+
+def describe_comparison(tests: pd.DataFrame, reference: str, method: str, alpha: float = 0.05) -> str:
+    """One honest sentence comparing ``reference`` with ``method`` from :func:`paired_tests`.
+
+    The sentence states the direction, the size of the MAE difference, the subject-level
+    Wilcoxon p-value, and whether the difference is significant at ``alpha``; it never claims
+    a win the numbers do not show.
+    """
+    row = tests.set_index("method").loc[method]
+    difference, p_value = float(row["mae_difference"]), float(row["p_subjects"])
+    better, worse = (reference, method) if difference > 0 else (method, reference)
+    size = f"{abs(difference):.2f} years lower mean test MAE"
+    seeds = f"over {int(row['n_seeds'])} seed(s)"
+    if np.isnan(p_value):
+        return f"{better.upper()} has a {size} than {worse.upper()} {seeds}; too few subjects for a paired test."
+    if p_value < alpha:
+        return (f"{better.upper()} has a {size} than {worse.upper()} {seeds}, a significant difference "
+                f"(paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}).")
+    return (f"{better.upper()} has a {size} than {worse.upper()} {seeds}, but the difference is not "
+            f"significant (paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}): "
+            f"on these data the two cannot be told apart.")
 
 
 def errors_by_age_band(errors: pd.DataFrame, edges: tuple[float, ...] = (0, 30, 40, 50, 60, 70, 80, math.inf)) -> pd.DataFrame:

@@ -72,12 +72,13 @@ class ProbeConfig:
     Attributes:
         steps: full-batch Adam steps after the ridge initialisation.
         lr: Adam learning rate (on standardised features and ages).
-        ridge: L2 penalty on the weights (standardised features), as in scikit-learn's Ridge alpha.
+        ridge: L2 penalty on the weights (standardised features, scikit-learn's Ridge ``alpha``);
+            ``None`` chooses it by leave-one-out cross-validation on the training features.
     """
 
     steps: int = 300
     lr: float = 0.01
-    ridge: float = 1.0
+    ridge: float | None = None
 
 
 @dataclass

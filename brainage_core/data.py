@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from brainage_core.imaging import AugmentConfig, MultiViewTransform, PreprocessConfig, VolumeCache, build_augmentation
 

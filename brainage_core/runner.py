@@ -11,12 +11,17 @@
       - name: data
         notebook: book/data.ipynb
         chapter: true                                  # its executed copy is the book's chapter
+                                                       # ({loss: rnc, seed: 0}: only that expansion)
       - name: "train_{loss}_s{seed}"
         notebook: book/training.ipynb
         expand: [loss, seed]                           # one run per combination
         parameters: {manifest: "{work:data}/cohort/manifest.csv", loss: "{loss}", seed: "{seed}"}
 
-``{work:NAME}`` is run NAME's output folder and makes this run depend on NAME. A run's cache
+``{work:NAME}`` is run NAME's output folder and makes this run depend on NAME; ``{work_root}``
+is the folder of all work folders; ``{all_AXIS}`` is the profile's list for a matrix axis (e.g.
+``{all_seed}``). ``needs`` entries may use matrix placeholders: ``train_{loss}_s{seed}`` depends on
+every combination. Every notebook also receives ``work_dir`` (its own folder) and ``profile``.
+A run's cache
 key hashes its notebook, resolved parameters, the keys of the runs it depends on, any input
 file named in its parameters, and the ``brainage_core`` sources; a run whose key is unchanged
 and whose executed notebook exists is skipped. Failed runs do not stop the others (their
@@ -112,6 +117,16 @@ def _resolve_work(value: Any, output: Path, needs: set[str]) -> Any:
     return value
 
 
+def _expand_needs(need: str, matrix: dict[str, list[Any]], variables: dict[str, Any]) -> list[str]:
+    """A ``needs`` entry with bound placeholders substituted and matrix placeholders expanded."""
+    need = _substitute(need, variables)
+    axes = [axis for axis in re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", need) if axis in matrix]
+    expanded = []
+    for values in itertools.product(*(matrix[axis] for axis in axes)):
+        expanded.append(_substitute(need, dict(zip(axes, values))))
+    return expanded
+
+
 def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[RunSpec]:
     """Expand ``runs.yml`` for one profile into runs in dependency order.
 
@@ -138,13 +153,22 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
         if missing:
             raise ValueError(f"{runs_file}: run {entry['name']!r} expands over {missing}, which profile {profile!r} has no matrix for")
         for values in itertools.product(*(matrix[axis] for axis in axes)):
-            variables = {**shared, **dict(zip(axes, values))}
-            needs: set[str] = set(entry.get("needs", []))
+            variables = {
+                **shared,
+                **{f"all_{axis}": list(axis_values) for axis, axis_values in matrix.items()},
+                "work_root": str(output / "work"),
+                **dict(zip(axes, values)),
+            }
+            needs: set[str] = {n for need in entry.get("needs", []) for n in _expand_needs(need, matrix, variables)}
             parameters = {**shared, **_substitute(entry.get("parameters", {}) or {}, variables)}
             parameters = _resolve_work(parameters, output, needs)
             name = _substitute(entry["name"], variables)
+            needs.discard(name)  # a run may name its own work folder
             parameters.update({"work_dir": str(output / "work" / name), "profile": profile})
-            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(entry.get("chapter", False))))
+            chapter = entry.get("chapter", False)
+            if isinstance(chapter, dict):  # the chapter is the expansion with these matrix values
+                chapter = all(variables.get(axis) == value for axis, value in chapter.items())
+            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter)))
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

@@ -38,8 +38,9 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from sklearn.linear_model import RidgeCV
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from brainage_core import distributed
 from brainage_core.config import ProbeConfig, RunConfig, config_to_dict, load_config
@@ -110,9 +111,12 @@ def predict_ages(model: BrainAgeModel, volumes: torch.Tensor, device: torch.devi
 def fit_linear_probe(features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit a linear regressor with L1 loss on frozen features (deterministic, full batch).
 
-    Features are standardised; the ridge solution initialises the weights and Adam refines them
-    on ``L1 + ridge / N * ||w||^2`` (the penalty keeps the probe from interpolating when there
-    are fewer subjects than feature dimensions). The standardisation is folded back into the weights.
+    Features are standardised. scikit-learn's ``RidgeCV`` picks the ridge penalty by efficient
+    leave-one-out cross-validation on the training features (unless ``config.ridge`` fixes it)
+    and its solution initialises the weights; Adam then refines them on
+    ``L1 + alpha / N * ||w||^2``. The penalty matters: with fewer subjects than feature
+    dimensions an unpenalised probe interpolates the training ages. The standardisation is
+    folded back into the weights.
 
     Args:
         features: ``[N, D]`` training features.
@@ -124,19 +128,18 @@ def fit_linear_probe(features: torch.Tensor, ages: torch.Tensor, age_mean: float
         ``weight [1, D]`` and ``bias [1]`` for ``nn.Linear(D, 1)`` predicting standardised age.
     """
     features = features.double()
-    target = ((ages.double() - age_mean) / age_std).unsqueeze(1)  # target: [N, 1]
+    target = (ages.double() - age_mean) / age_std  # target: [N]
     mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
     z = (features - mean) / std  # z: [N, D]
-    design = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1)  # design: [N, D + 1]
-    ridge = config.ridge * torch.eye(design.shape[1], dtype=z.dtype)
-    ridge[-1, -1] = 0.0  # the intercept is not penalised
-    solution = torch.linalg.solve(design.T @ design + ridge, design.T @ target)  # solution: [D + 1, 1]
-    weight = solution[:-1].T.clone().requires_grad_(True)  # weight: [1, D]
-    bias = solution[-1].clone().requires_grad_(True)  # bias: [1]
+    alphas = [config.ridge] if config.ridge is not None else list(np.logspace(-2, 5, 15))
+    ridge = RidgeCV(alphas=alphas).fit(z.numpy(), target.numpy())
+    alpha = float(ridge.alpha_)
+    weight = torch.tensor(ridge.coef_, dtype=z.dtype).unsqueeze(0).requires_grad_(True)  # weight: [1, D]
+    bias = torch.tensor([ridge.intercept_], dtype=z.dtype).requires_grad_(True)  # bias: [1]
     optimizer = torch.optim.Adam([weight, bias], lr=config.lr)
     for _ in range(config.steps):
         optimizer.zero_grad()
-        loss = (z @ weight.T + bias - target).abs().mean() + config.ridge / len(z) * weight.pow(2).sum()
+        loss = (z @ weight.T + bias - target.unsqueeze(1)).abs().mean() + alpha / len(z) * weight.pow(2).sum()
         loss.backward()
         optimizer.step()
     weight, bias = weight.detach() / std, bias.detach() - (weight.detach() / std * mean).sum()

@@ -59,13 +59,18 @@ def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int
     return generate_cohort(cohort_dir, n_subjects=n_subjects, seed=seed, spacing=spacing, progress=progress)
 
 
-def resolve_manifest(manifest: str, cohort_dir: str, n_subjects: int, cohort_seed: int, cohort_spacing: float) -> Path:
-    """The user's manifest when one is given (validated), else the synthetic cohort's."""
+def resolve_manifest(
+    manifest: str, cohort_dir: str, n_subjects: int, cohort_seed: int, cohort_spacing: float, progress: bool = False
+) -> Path:
+    """The user's manifest when one is given (validated), else the synthetic cohort's.
+
+    ``progress`` is off by default: progress bars clutter executed notebooks.
+    """
     if manifest:
         path = Path(manifest).expanduser().resolve()
         read_manifest(path)  # raises ManifestError listing every problem
         return path
-    return ensure_cohort(cohort_dir, n_subjects, cohort_seed, cohort_spacing)
+    return ensure_cohort(cohort_dir, n_subjects, cohort_seed, cohort_spacing, progress=progress)
 
 
 def make_config(

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage_core.compare import analyse_features, collect_runs, feature_continuity, paired_tests, summarise_methods
+from brainage_core.compare import (
+    analyse_features,
+    collect_runs,
+    describe_comparison,
+    feature_continuity,
+    paired_tests,
+    summarise_methods,
+)
 from brainage_core.config import load_config
 from brainage_core.train import train
 from tests.conftest import write_tiny_cohort
@@ -36,6 +43,16 @@ def test_paired_tests_find_a_consistent_difference() -> None:
     assert table.loc["b", "n_seeds"] == 3 and table.loc["b", "n_subjects"] == 30
     summary = summarise_methods(runs)
     assert list(summary.index) == ["a", "b"] and summary.loc["b", "mae_mean"] == pytest.approx(summary.loc["a", "mae_mean"] + 1, abs=0.05)
+
+
+def test_describe_comparison_says_who_wins_and_whether_it_is_significant() -> None:
+    runs, errors = crafted(offset=1.0)
+    clear = describe_comparison(paired_tests(runs, errors, reference="a"), "a", "b")
+    assert clear.startswith("A has a 1.0") and "a significant difference" in clear
+    runs, errors = crafted(offset=0.0)
+    runs.loc[runs["method"] == "a", "mae"] += 0.01  # a tiny, noisy edge for b
+    tied = describe_comparison(paired_tests(runs, errors, reference="a"), "a", "b")
+    assert tied.startswith("B has a") and "not significant" in tied
 
 
 def test_paired_tests_refuse_an_unknown_reference() -> None:

@@ -125,3 +125,23 @@ def test_bad_configs_fail_clearly(cohort: Path, tmp_path: Path) -> None:
     run = train(load_config(None, tiny_overrides(tmp_path, cohort, "mse")), tmp_path / "done", progress=False)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(load_config(None, tiny_overrides(tmp_path, cohort, "mse")), run, progress=False)
+
+
+def test_linear_probe_does_not_interpolate_when_features_outnumber_subjects() -> None:
+    """126 subjects, 128 feature dims, age in 3 noisy dims: the CV-chosen penalty must generalise."""
+    from brainage_core.config import ProbeConfig
+    from brainage_core.train import fit_linear_probe
+
+    generator = torch.Generator().manual_seed(0)
+    ages = 20 + 70 * torch.rand(252, generator=generator)
+    features = torch.randn(252, 128, generator=generator)
+    features[:, :3] += (ages[:, None] - 55) / 20
+
+    def held_out_mae(config: ProbeConfig) -> float:
+        weight, bias = fit_linear_probe(features[:126], ages[:126], 55.0, 20.0, config)
+        predicted = (features[126:] @ weight.T + bias).squeeze(1) * 20 + 55
+        return float((predicted - ages[126:]).abs().mean())
+
+    cross_validated, unpenalised = held_out_mae(ProbeConfig()), held_out_mae(ProbeConfig(ridge=1e-6))
+    assert cross_validated < 15.0, cross_validated  # the noise floor of this problem is about 9 years
+    assert unpenalised > 2 * cross_validated
