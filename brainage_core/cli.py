@@ -50,6 +50,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_ixi(args: argparse.Namespace) -> int:
+    from brainage_core.ixi import import_ixi
+
+    report = import_ixi(
+        args.t1_dir,
+        args.demographics,
+        args.out,
+        mask_dir=args.mask_dir,
+        spacing=args.spacing,
+        workers=args.workers,
+        progress=not args.quiet,
+        include_failed_qc=args.include_failed_qc,
+    )
+    print(report.summary())
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
     from brainage_core.train import train
@@ -217,6 +234,25 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_cmd_validate)
 
     _add_synth(subparsers)
+    ixi = subparsers.add_parser(
+        "import-ixi",
+        help="import IXI T1 scans: skull strip, N4, affine to MNI, QC, manifest with 5 folds",
+        description="Import IXI-style T1 scans (IXI<ID>-<SITE>-<N>_T1.nii.gz) with their demographics (IXI.xls or "
+        "participants.csv): reorient, skull strip (brain masks from --mask-dir, else a template-based fallback), N4 "
+        "bias correction, affine registration to the MNI ICBM152 2009a template (SimpleITK), QC figures and table, "
+        "and a manifest with subject-level folds. Subjects without age, missing or corrupt files are reported, "
+        "never guessed; reruns reuse finished subjects.",
+    )
+    ixi.add_argument("--t1-dir", required=True, type=Path, help="folder of IXI T1 NIfTI files")
+    ixi.add_argument("--demographics", required=True, type=Path, help="IXI.xls or participants.csv (MRID, Age, Sex)")
+    ixi.add_argument("--mask-dir", type=Path, help="brain labels/masks <MRID>_T1_DLMUSE.nii.gz (brain = label > 0)")
+    ixi.add_argument("--out", required=True, type=Path, help="output folder")
+    ixi.add_argument("--spacing", type=float, default=2.0, help="voxel size of the template grid in mm (default 2)")
+    ixi.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    ixi.add_argument("--include-failed-qc", action="store_true", help="keep subjects failing QC in the manifest (flagged)")
+    ixi.add_argument("--quiet", action="store_true", help="no progress bar")
+    ixi.set_defaults(handler=_cmd_import_ixi)
+
     _add_train(subparsers)
 
     correction_help = "age-bias correction: cole (de Lange & Cole 2020) or beheshti (Beheshti et al. 2019)"

@@ -8,6 +8,8 @@ Without an initialised process group (single process) every helper is a no-op.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -52,13 +54,38 @@ def _check_same_shape_on_all_ranks(tensor: Tensor, name: str) -> None:
         )
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    The backward of :func:`torch.distributed.nn.functional.all_gather` hands the
+    gradients of the gathered chunks to a collective (all-to-all on gloo) as they
+    come. A loss that reshapes the gathered tensor (e.g. the ``[B, V, D] ->
+    [V*B, D]`` view pooling of the contrastive losses) produces non-contiguous
+    chunk gradients, and with those gloo silently returned wrong gradients in
+    ``tests/test_distributed.py`` (torch 2.13; the same class of bug as
+    pytorch/pytorch#192920). Putting this identity between the gather and the
+    loss hands the collective contiguous gradients.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor) -> Tensor:
+        """Return ``tensor`` unchanged (any shape)."""
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> Tensor:
+        """Return ``grad_output`` (same shape as the input) in contiguous memory."""
+        return grad_output.contiguous()
+
+
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """All-gather ``tensor`` along dim 0, keeping the autograd graph.
 
     Uses :func:`torch.distributed.nn.functional.all_gather`, whose backward sums
     the gradients that all ranks computed for each rank's chunk and returns the
     sum to the chunk's owner (see :func:`gather_for_loss` for what that means for
-    loss scaling).
+    loss scaling). The chunk gradients are made contiguous before they reach that
+    collective (see :class:`_ContiguousGrad`).
 
     Args:
         tensor: Local tensor, shape ``[b, ...]``, identical shape on every rank.
@@ -73,7 +100,8 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     if world_size() == 1:
         return tensor
     _check_same_shape_on_all_ranks(tensor, "tensor")
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)  # [world_size * b, ...]
+    chunks = [_ContiguousGrad.apply(chunk) for chunk in dist_fn.all_gather(tensor)]
+    return torch.cat(chunks, dim=0)  # [world_size * b, ...]
 
 
 def gather_for_loss(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,7 +116,8 @@ def gather_for_loss(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     which cancels that factor and sums the per-rank contributions, giving exactly
     the single-process gradient of ``L`` on the whole batch. (If gradients are
     instead all-reduced with a plain *sum*, divide the loss by ``world_size``.)
-    Both facts are checked by ``tests/test_distributed.py`` on two gloo processes.
+    ``tests/test_distributed.py`` checks the summing backward and the equality
+    of loss and DDP gradients with the single-process run on two gloo processes.
 
     Args:
         features: Local embeddings, shape ``[b, V, D]``.

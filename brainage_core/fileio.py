@@ -42,6 +42,10 @@ def atomic_path(destination: str | os.PathLike[str], suffix: str = "") -> Iterat
     )
     os.close(handle)
     temp_path = Path(temp_name)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    temp_path.chmod(0o666 & ~umask)
     try:
         yield temp_path
         os.replace(temp_path, destination)

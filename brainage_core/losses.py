@@ -282,8 +282,8 @@ class _WeightedLogCumSumExp(torch.autograd.Function):
                              = exp(l_s + logsumexp_{t >= s}(log w_t - C_t))
 
     with ``C = logcumsumexp(l)``; every exponent ``l_s - C_t`` is ``<= 0``, so
-    nothing overflows. Requires finite ``logits`` and a positive last weight in
-    every row.
+    nothing overflows. Zero weights give ``log w = -inf`` terms, which the scan
+    handles exactly; ``logits`` must be finite.
     """
 
     @staticmethod
@@ -313,7 +313,7 @@ class _WeightedLogCumSumExp(torch.autograd.Function):
 
 
 class RnCLoss(nn.Module):
-    """Rank-N-Contrast loss (Zha et al., NeurIPS 2023), loop-free and exact.
+    """Rank-N-Contrast loss (Zha et al., NeurIPS 2023) without any loop over samples.
 
     The denominator of pair ``(i, j)`` only depends on the anchor ``i`` and on the
     *age* of ``j``, and it is a union of whole age groups. With ``U`` distinct
@@ -333,6 +333,8 @@ class RnCLoss(nn.Module):
 
     Cost: ``O(n^2 + U^2 log U)`` time (at most ``O(n^2 log n)``) and ``O(n^2)``
     memory for ``n = V * B``; no Python loop over samples and no ``-inf`` masking.
+    Equal to :func:`rnc_loss_loop` up to rounding; the ``"l2"`` distances use the
+    matrix-product form on batch-centred features (see ``_pairwise_similarity``).
 
     Args:
         temperature: Temperature ``T`` dividing the similarities.
@@ -350,6 +352,7 @@ class RnCLoss(nn.Module):
         self.feature_sim = _check_choice("feature_sim", feature_sim, FEATURE_SIMILARITIES)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return f"temperature={self.temperature}, label_diff={self.label_diff!r}, feature_sim={self.feature_sim!r}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -458,6 +461,7 @@ class NTXentLoss(nn.Module):
         self.temperature = _check_positive("temperature", temperature)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return f"temperature={self.temperature}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -495,6 +499,7 @@ class SupConLoss(nn.Module):
         self.bin_width = _check_positive("bin_width", bin_width)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return f"temperature={self.temperature}, bin_width={self.bin_width}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -536,6 +541,7 @@ class YAwareLoss(nn.Module):
         self.sigma = _check_positive("sigma", sigma)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return f"temperature={self.temperature}, sigma={self.sigma}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
@@ -572,6 +578,7 @@ class RegressionLoss(nn.Module):
         self.kind = _check_choice("regression loss kind", kind, REGRESSION_LOSSES)
 
     def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
         return f"kind={self.kind!r}"
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:

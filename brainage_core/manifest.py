@@ -50,6 +50,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "hoehn_yahr",
     "true_gap",
     "effect_map",
+    "labels",
 )
 KNOWN_GROUPS: tuple[str, ...] = ("CN", "MCI", "AD", "PD")
 KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -62,7 +63,7 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {
     "hoehn_yahr": (0.0, 5.0),  # Hoehn & Yahr stage
 }
 CDR_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)  # Clinical Dementia Rating (global)
-PATH_COLUMNS: tuple[str, ...] = ("image", "mask", "effect_map")
+PATH_COLUMNS: tuple[str, ...] = ("image", "mask", "effect_map", "labels")
 IMAGE_CHECKS: tuple[str, ...] = ("none", "exists", "header")
 
 
@@ -189,8 +190,8 @@ def validate_frame(
                 if column == "image":
                     problems.append(ManifestProblem(index + 1, column, "image path is missing"))
                 continue
-            # Effect maps are outputs of the synthetic cohort, checked for existence only.
-            check = "exists" if column == "effect_map" and check_images == "header" else check_images
+            # Effect maps and label images are auxiliary outputs, checked for existence only.
+            check = "exists" if column in ("effect_map", "labels") and check_images == "header" else check_images
             message = _check_file(_resolve(str(value).strip(), base_dir), check)
             if message:
                 problems.append(ManifestProblem(index + 1, column, message))

@@ -67,6 +67,8 @@ class RunSpec:
         parameters: resolved parameters handed to papermill.
         needs: names of runs that must finish first.
         chapter: whether the executed notebook is the book's chapter for ``notebook``.
+        own: names of the parameters the run sets itself (not from the profile); the notebook
+            must declare each of them, so a misspelt name fails instead of being ignored.
     """
 
     name: str
@@ -74,6 +76,7 @@ class RunSpec:
     parameters: dict[str, Any]
     needs: list[str] = field(default_factory=list)
     chapter: bool = False
+    own: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,7 +171,8 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
             chapter = entry.get("chapter", False)
             if isinstance(chapter, dict):  # the chapter is the expansion with these matrix values
                 chapter = all(variables.get(axis) == value for axis, value in chapter.items())
-            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter)))
+            own = sorted(entry.get("parameters", {}) or {})
+            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter), own))
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -247,6 +251,9 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
     declared = _declared_parameters(notebook)
     if not declared:
         raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
+    undeclared = sorted(set(run.own) - declared)
+    if undeclared:
+        raise ValueError(f"{run.notebook} does not declare parameter(s) {undeclared} that run {run.name!r} sets in runs.yml")
     parameters = {k: v for k, v in run.parameters.items() if k in declared}
     work = Path(run.parameters["work_dir"])
     work.mkdir(parents=True, exist_ok=True)

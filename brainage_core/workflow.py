@@ -17,7 +17,7 @@ from typing import Any
 from brainage_core.config import RunConfig, config_to_dict, load_config
 from brainage_core.manifest import read_manifest
 
-__all__ = ["SMOKE", "smoke_mode", "ensure_cohort", "resolve_manifest", "make_config", "ensure_run", "is_finished_run"]
+__all__ = ["SMOKE", "smoke_mode", "smoke_paths", "ensure_cohort", "resolve_manifest", "make_config", "ensure_run", "is_finished_run"]
 
 # Settings that shrink a chapter to a few seconds (nbmake tests, the `smoke` profile).
 SMOKE: dict[str, Any] = {
@@ -37,6 +37,20 @@ def smoke_mode(parameter: bool) -> bool:
     nbmake does not inject papermill parameters, so the tests set the environment variable.
     """
     return bool(parameter) or os.environ.get("BRAINAGE_SMOKE") == "1"
+
+
+STANDALONE = "/_book_runs/standalone/"
+STANDALONE_SMOKE = "/_book_runs/standalone-smoke/"
+
+
+def smoke_paths(*paths: str) -> list[str]:
+    """Move a notebook's default (standalone) folders aside in smoke mode.
+
+    A chapter run alone keeps its outputs under ``_book_runs/standalone/`` and reuses what it
+    finds there; smoke runs go to ``_book_runs/standalone-smoke/`` so that their tiny models are
+    never mistaken for real ones. Paths given by a batch run of the book are left unchanged.
+    """
+    return [path.replace(STANDALONE, STANDALONE_SMOKE) if STANDALONE in path else path for path in paths]
 
 
 def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int, spacing: float, progress: bool = True) -> Path:

@@ -43,7 +43,7 @@ def ixi_dir() -> Path:
 def write_tiny_cohort(folder: Path, n_subjects: int = 24, seed: int = 0, size: int = 16) -> Path:
     """A manifest of small 4 mm phantoms whose 'ventricles' grow with age; returns its path.
 
-    Ages are spread over 20-80; groups CN (with a few AD); splits 60/20/20 by subject.
+    Ages are spread over 20-80; groups CN (with a few AD); splits 60/20/20 by subject, and 3 folds.
     """
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, size)] * 3, indexing="ij"))
@@ -58,7 +58,7 @@ def write_tiny_cohort(folder: Path, n_subjects: int = 24, seed: int = 0, size: i
         split = ("train", "train", "train", "val", "test")[index % 5]
         group = "AD" if index % 7 == 6 else "CN"
         rows.append({"subject_id": f"sub-{index:03d}", "image": str(image.relative_to(folder)), "age": age,
-                     "sex": "MF"[index % 2], "group": group, "split": split})
+                     "sex": "MF"[index % 2], "group": group, "split": split, "fold": index % 3})
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

@@ -1,0 +1,129 @@
+"""Subject-level k-fold cross-validation: deep models and classical baselines on the same folds.
+
+Every method is evaluated on out-of-fold predictions: for fold ``k`` a model is fitted on the
+other folds and predicts fold ``k``. The deep models use the manifest's ``fold`` column through
+``data.test_fold`` (fold ``k`` test, fold ``k + 1`` validation, the rest training); the ridge
+baseline on region volumes and the mean predictor are fitted on the same training subjects
+(training and validation folds) and predict the same test fold.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from brainage_core import workflow
+from brainage_core.metrics import metrics_with_ci
+from brainage_core.manifest import read_manifest
+
+__all__ = ["cv_runs", "out_of_fold_predictions", "region_volumes", "baseline_cv_predictions", "cv_summary"]
+
+
+def cv_runs(
+    manifest: str | os.PathLike[str], losses: Sequence[str], runs_root: str | os.PathLike[str], progress: bool = False, **config: Any
+) -> dict[tuple[str, int], Path]:
+    """Train (or reuse) one run per loss and fold into ``runs_root/<loss>_fold<k>``.
+
+    Args:
+        manifest: manifest with a ``fold`` column.
+        losses: loss names (see :mod:`brainage_core.losses`).
+        runs_root: folder of the run directories.
+        progress: show progress bars.
+        config: further :func:`~brainage_core.workflow.make_config` arguments (spacing, epochs...).
+
+    Returns:
+        ``{(loss, fold): run_dir}``.
+    """
+    frame = read_manifest(manifest, check_images="none")
+    if "fold" not in frame.columns or frame["fold"].isna().any():
+        raise ValueError(f"{manifest}: cross-validation needs a 'fold' value on every row")
+    folds = sorted(int(f) for f in frame["fold"].unique())
+    extra = list(config.pop("extra", []))
+    runs = {}
+    for loss in losses:
+        for fold in folds:
+            run_config = workflow.make_config(manifest, loss=loss, extra=[*extra, f"data.test_fold={fold}"], **config)
+            runs[(loss, fold)] = workflow.ensure_run(run_config, Path(runs_root) / f"{loss}_fold{fold}", progress=progress)
+    return runs
+
+
+def out_of_fold_predictions(runs: dict[tuple[str, int], str | os.PathLike[str]]) -> pd.DataFrame:
+    """The test-fold rows of each run, stacked: one prediction per (method, subject).
+
+    Returns:
+        Columns ``method``, ``fold``, ``subject_id``, ``age``, ``predicted_age``.
+
+    Raises:
+        ValueError: a subject is predicted twice for one method (folds overlap).
+    """
+    parts = []
+    for (method, fold), run_dir in runs.items():
+        predictions = pd.read_csv(Path(run_dir) / "predictions.csv")
+        test = predictions[predictions["split"] == "test"]
+        parts.append(pd.DataFrame({"method": method, "fold": fold, "subject_id": test["subject_id"], "age": test["age"], "predicted_age": test["predicted_age"]}))
+    table = pd.concat(parts, ignore_index=True)
+    duplicated = table.duplicated(["method", "subject_id"])
+    if duplicated.any():
+        raise ValueError(f"subjects predicted more than once: {table.loc[duplicated, 'subject_id'].tolist()[:10]}")
+    return table
+
+
+def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: Sequence[str]) -> pd.DataFrame:
+    """Volume in ml of every integer label (0 excluded) of each label image.
+
+    Returns:
+        One row per subject (index ``subject_id``), one column per label; absent labels are 0.
+    """
+    rows = {}
+    for subject, path in zip(subject_ids, label_paths):
+        image = nib.load(path)
+        labels = np.asarray(image.dataobj).astype(np.int64).ravel()
+        counts = np.bincount(labels[labels > 0])
+        voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+        rows[subject] = {int(label): count * voxel_ml for label, count in enumerate(counts) if count}
+    return pd.DataFrame.from_dict(rows, orient="index").fillna(0.0).sort_index(axis=1).rename_axis("subject_id")
+
+
+def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.Series) -> pd.DataFrame:
+    """Out-of-fold predictions of ridge regression on ``features`` and of the mean predictor.
+
+    Ridge: standardised features, penalty chosen by leave-one-out inside the training folds
+    (scikit-learn ``RidgeCV``). Both are fitted on all non-test folds.
+
+    Args:
+        features: one row per subject (index subject_id).
+        ages, folds: aligned with ``features``' index.
+
+    Returns:
+        Columns ``method`` (``ridge_regions``, ``mean``), ``fold``, ``subject_id``, ``age``, ``predicted_age``.
+    """
+    parts = []
+    for fold in sorted(folds.unique()):
+        test, train = (folds == fold).to_numpy(), (folds != fold).to_numpy()
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29))).fit(features[train], ages[train])
+        for method, predicted in (("ridge_regions", model.predict(features[test])), ("mean", np.full(test.sum(), ages[train].mean()))):
+            parts.append(pd.DataFrame({"method": method, "fold": fold, "subject_id": features.index[test], "age": ages[test].to_numpy(), "predicted_age": predicted}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def cv_summary(predictions: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """MAE, R2 and Pearson r with bootstrap 95% CIs per method, on out-of-fold predictions."""
+    rows = []
+    for method, group in predictions.groupby("method", sort=False):
+        result = metrics_with_ci(group["age"].to_numpy(), group["predicted_age"].to_numpy(), n_boot=n_boot, seed=seed, metrics=("mae", "r2", "pearson_r"))
+        row: dict[str, Any] = {"method": method, "n": len(group)}
+        for name, values in result.items():
+            row[name] = values["value"]
+            row[f"{name}_ci_low"] = values["ci_low"]
+            row[f"{name}_ci_high"] = values["ci_high"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("mae").reset_index(drop=True)

@@ -1,0 +1,139 @@
+"""The book: clean source notebooks, the batch runner's cache, and a full smoke build."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from brainage_core.runner import build_book, load_runs, run_book
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc["parts"]:
+        files += [chapter["file"] for chapter in part["chapters"]]
+    return files
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_source_notebook_is_clean_and_follows_the_lesson_skeleton(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), "commit notebooks without outputs"
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    assert notebook.cells[tagged[0] + 1].cell_type == "code", "derived settings follow the parameters cell"
+    text = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "markdown")
+    for heading in ("## Overview", "## Prerequisites", "Time to run", "## Summary"):
+        assert heading in text, f"missing {heading!r}"
+    assert notebook.cells[0].source.startswith("# "), "a title first"
+
+
+def test_every_toc_chapter_exists_and_every_notebook_has_a_chapter_run() -> None:
+    for entry in toc_files():
+        assert (ROOT / f"{entry}.md").is_file() or (ROOT / f"{entry}.ipynb").is_file(), entry
+    notebooks_in_toc = {f"{entry}.ipynb" for entry in toc_files() if (ROOT / f"{entry}.ipynb").is_file()}
+    for profile in ("smoke", "default", "full"):
+        chapters = [run.notebook for run in load_runs(ROOT / "book" / "runs.yml", profile, ROOT) if run.chapter]
+        assert sorted(chapters) == sorted(notebooks_in_toc), f"profile {profile}: one chapter run per notebook"
+
+
+def write_toy_book(root: Path) -> None:
+    """Three tiny notebooks: a -> b (b reads a's output), and c that fails when told to."""
+    (root / "book").mkdir(parents=True)
+
+    def notebook(name: str, parameters: str, body: str) -> None:
+        cells = [nbformat.v4.new_code_cell(parameters), nbformat.v4.new_code_cell(body)]
+        cells[0].metadata["tags"] = ["parameters"]
+        nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), root / "book" / f"{name}.ipynb")
+
+    notebook("a", "value = 1\nwork_dir = ''", "from pathlib import Path\nPath(work_dir).mkdir(parents=True, exist_ok=True)\n(Path(work_dir) / 'out.txt').write_text(str(value))")
+    notebook("b", "source = ''", "from pathlib import Path\nprint(Path(source).read_text())")
+    notebook("c", "fail = False", "assert not fail, 'told to fail'")
+    runs = {
+        "profiles": {"p": {"parameters": {"fail": False}, "matrix": {"value": [1]}}},
+        "runs": [
+            {"name": "a", "notebook": "book/a.ipynb", "parameters": {"value": 1}},
+            {"name": "b", "notebook": "book/b.ipynb", "parameters": {"source": "{work:a}/out.txt"}},
+            {"name": "c", "notebook": "book/c.ipynb"},
+        ],
+    }
+    (root / "book" / "runs.yml").write_text(yaml.safe_dump(runs))
+
+
+def set_parameter(root: Path, run: str, key: str, value: object) -> None:
+    runs = yaml.safe_load((root / "book" / "runs.yml").read_text())
+    entry = next(r for r in runs["runs"] if r["name"] == run)
+    entry.setdefault("parameters", {})[key] = value
+    (root / "book" / "runs.yml").write_text(yaml.safe_dump(runs))
+
+
+def statuses(outcomes) -> dict[str, str]:
+    return {outcome.name: outcome.status for outcome in outcomes}
+
+
+def test_runner_skips_unchanged_runs_and_reruns_only_affected_ones(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    assert statuses(run_book(tmp_path, "p", log=io.StringIO())) == {"a": "executed", "b": "executed", "c": "executed"}
+    log = io.StringIO()
+    assert statuses(run_book(tmp_path, "p", log=log)) == {"a": "cached", "b": "cached", "c": "cached"}
+    assert "nothing changed: no notebook was executed" in log.getvalue()
+    set_parameter(tmp_path, "a", "value", 2)  # a changes, b depends on a, c does not
+    assert statuses(run_book(tmp_path, "p", log=io.StringIO())) == {"a": "executed", "b": "executed", "c": "cached"}
+    executed_b = nbformat.read(tmp_path / "_book_runs" / "p" / "notebooks" / "b.ipynb", as_version=4)
+    assert "2" in executed_b.cells[-1].outputs[0]["text"], "b read the new output of a"
+    assert statuses(run_book(tmp_path, "p", only=["c"], force=True, log=io.StringIO())) == {"c": "executed"}
+
+
+def test_runner_continues_past_a_failure_and_reports_it(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    set_parameter(tmp_path, "c", "fail", True)
+    log = io.StringIO()
+    outcomes = statuses(run_book(tmp_path, "p", jobs=2, log=log))
+    assert outcomes == {"a": "executed", "b": "executed", "c": "failed"}
+    assert "failure in c" in log.getvalue() and "told to fail" in log.getvalue()
+    assert not (tmp_path / "_book_runs" / "p" / "notebooks" / "c.ipynb").exists(), "no partial executed notebook"
+    set_parameter(tmp_path, "c", "fail", False)
+    assert statuses(run_book(tmp_path, "p", log=io.StringIO()))["c"] == "executed"
+
+
+def test_a_misspelt_run_parameter_fails_that_run(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    set_parameter(tmp_path, "c", "fial", True)
+    log = io.StringIO()
+    assert statuses(run_book(tmp_path, "p", log=log))["c"] == "failed"
+    assert "does not declare parameter(s) ['fial']" in log.getvalue()
+
+
+def test_a_failed_dependency_skips_its_dependents(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    (tmp_path / "book" / "a.ipynb").write_text((tmp_path / "book" / "a.ipynb").read_text().replace("str(value)", "str(1 / 0)"))
+    assert statuses(run_book(tmp_path, "p", log=io.StringIO())) == {"a": "failed", "b": "skipped", "c": "executed"}
+
+
+def test_the_book_builds_from_smoke_runs() -> None:
+    """The whole book, every chapter executed in smoke mode by the batch runner, rendered with warnings as errors."""
+    outcomes = run_book(ROOT, "smoke", jobs=1, log=io.StringIO())
+    failed = [o for o in outcomes if o.status in ("failed", "skipped")]
+    assert not failed, "\n\n".join(f"{o.name}: {o.message}" for o in failed)
+    index = build_book(ROOT, profile="smoke")
+    html = index.parent
+    for entry in toc_files():
+        page = html / f"{entry}.html"
+        assert page.is_file(), page
+        content = page.read_text()
+        assert "Traceback (most recent call last)" not in content and 'class="output traceback' not in content, page
+    for notebook in NOTEBOOKS:
+        page = (html / "book" / notebook.with_suffix(".html").name).read_text()
+        assert "<img" in page, f"{notebook.name}: no figure rendered"
