@@ -11,24 +11,25 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from brainage_core import __version__
-from brainage_core.bench_losses import bench_rnc_loss
 from brainage_core.config import RunConfig
 from brainage_core.data import VolumeDataset
 from brainage_core.fileio import write_json
-from brainage_core.losses import CONTRASTIVE_LOSSES, build_loss
+from brainage_core.losses import CONTRASTIVE_LOSSES, RnCLoss, build_loss, rnc_loss_loop
 from brainage_core.models import build_model
 from brainage_core.train import resolve_device
 
-__all__ = ["machine_description", "bench_training_throughput", "peak_rss_mb", "run_benchmarks"]
+__all__ = ["machine_description", "bench_rnc_loss", "bench_training_throughput", "peak_rss_mb", "run_benchmarks"]
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:
@@ -60,6 +61,124 @@ def peak_rss_mb() -> float:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+_MIN_AGE, _MAX_AGE = 20, 90
+
+
+
+
+def _forward_backward_s(loss_fn: Callable[[Tensor, Tensor], Tensor], features: Tensor, ages: Tensor) -> float:
+    """Wall time of one ``loss_fn(features, ages).backward()`` on a fresh leaf copy of ``features``.
+
+    Args:
+        loss_fn: Loss taking ``features`` ``[B, V, D]`` and ``ages`` ``[B]``.
+        features: Embeddings, shape ``[B, V, D]``.
+        ages: Ages, shape ``[B]``.
+
+    Returns:
+        Seconds for the forward + backward pass.
+    """
+    leaf = features.detach().clone().requires_grad_(True)
+    _synchronize(features.device)
+    start = time.perf_counter()
+    loss_fn(leaf, ages).backward()
+    _synchronize(features.device)
+    return time.perf_counter() - start
+
+
+def _median_times_s(
+    loss_fns: dict[str, Callable[[Tensor, Tensor], Tensor]],
+    features: Tensor,
+    ages: Tensor,
+    repeats: int,
+) -> dict[str, float]:
+    """Median forward + backward seconds of each loss, the losses timed in alternation.
+
+    Every loss first runs once untimed (absorbing one-off costs such as first-touch
+    page faults of large buffers); then each repeat times every loss once, so that
+    background load on a shared machine affects all losses alike.
+
+    Args:
+        loss_fns: Losses by name, each taking ``features`` ``[B, V, D]`` and ``ages`` ``[B]``.
+        features: Embeddings, shape ``[B, V, D]``.
+        ages: Ages, shape ``[B]``.
+        repeats: Number of timed runs per loss.
+
+    Returns:
+        Median seconds per forward + backward pass, by loss name.
+    """
+    for loss_fn in loss_fns.values():
+        _forward_backward_s(loss_fn, features, ages)
+    times: dict[str, list[float]] = {name: [] for name in loss_fns}
+    for _ in range(repeats):
+        for name, loss_fn in loss_fns.items():
+            times[name].append(_forward_backward_s(loss_fn, features, ages))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def bench_rnc_loss(
+    batch_sizes: Sequence[int] = (32, 64, 128, 256, 512, 1024),
+    views: int = 2,
+    dim: int = 128,
+    repeats: int = 3,
+    loop_max_batch: int = 512,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Time forward + backward of :class:`RnCLoss` and :func:`rnc_loss_loop`.
+
+    Features are standard-normal ``[B, views, dim]`` tensors and ages random
+    integers in ``[20, 90]`` (many ties, as with real ages in years), drawn after
+    ``torch.manual_seed(batch_size)``. Each loss runs once untimed at every size,
+    then the two losses are timed in alternation ``repeats`` times.
+
+    Args:
+        batch_sizes: Batch sizes ``B`` (subjects) to time; each ``>= 2``.
+        views: Views per subject ``V`` (``>= 2``); ``n = V * B`` samples are pooled.
+        dim: Embedding dimension ``D``.
+        repeats: Timed runs per loss and size (after the warm-up); the median is reported.
+        loop_max_batch: Largest ``B`` for which the ``O(n^3)`` loop reference is timed.
+        device: Torch device string, e.g. ``"cpu"`` or ``"cuda"``.
+
+    Returns:
+        One dict per batch size with keys ``batch_size``, ``views``, ``dim``,
+        ``device``, ``fast_s`` (median seconds of :class:`RnCLoss`), ``loop_s``
+        and ``speedup`` (``loop_s / fast_s``); the last two are ``None`` when
+        ``batch_size > loop_max_batch``.
+
+    Raises:
+        ValueError: If an argument is out of range.
+    """
+    if not batch_sizes or min(batch_sizes) < 2:
+        raise ValueError(f"batch_sizes must be non-empty with every size >= 2, got {tuple(batch_sizes)}")
+    if views < 2:
+        raise ValueError(f"views must be >= 2 (Rank-N-Contrast contrasts augmented views), got {views}")
+    if dim < 1 or repeats < 1:
+        raise ValueError(f"dim and repeats must be >= 1, got dim={dim}, repeats={repeats}")
+    torch_device = torch.device(device)
+    fast_loss = RnCLoss()
+    rows: list[dict[str, Any]] = []
+    for batch_size in batch_sizes:
+        torch.manual_seed(batch_size)
+        features = torch.randn(batch_size, views, dim, device=torch_device)  # features: [B, V, D]
+        ages = torch.randint(_MIN_AGE, _MAX_AGE + 1, (batch_size,), device=torch_device).float()  # ages: [B]
+        loss_fns: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"fast": fast_loss}
+        if batch_size <= loop_max_batch:
+            loss_fns["loop"] = rnc_loss_loop
+        medians = _median_times_s(loss_fns, features, ages, repeats)
+        fast_s, loop_s = medians["fast"], medians.get("loop")
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "views": views,
+                "dim": dim,
+                "device": str(torch_device),
+                "fast_s": fast_s,
+                "loop_s": loop_s,
+                "speedup": None if loop_s is None else loop_s / fast_s,
+            }
+        )
+    return rows
 
 
 def bench_training_throughput(

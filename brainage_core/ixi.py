@@ -43,7 +43,7 @@ import pandas as pd
 import SimpleITK as sitk
 import xlrd
 from matplotlib.figure import Figure
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from brainage_core.fileio import atomic_path, sha256_file, write_json
 from brainage_core.manifest import write_manifest

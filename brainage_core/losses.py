@@ -387,7 +387,7 @@ def rnc_loss_loop(
     """Rank-N-Contrast in the per-column loop formulation of the authors' code.
 
     Reference implementation, used by the tests and by
-    :func:`brainage_core.bench_losses.bench_rnc_loss`. It ports ``loss.py`` of
+    :func:`brainage_core.bench.bench_rnc_loss`. It ports ``loss.py`` of
     github.com/kaiwenzha/Rank-N-Contrast as literally as possible -- explicit
     ``[n, n, D]`` feature differences, row-max-shifted ``exp``, diagonal removed
     with ``masked_select``, then a loop over the ``n - 1`` columns that builds each

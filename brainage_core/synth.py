@@ -51,7 +51,7 @@ import pandas as pd
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 from scipy.special import expit
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from brainage_core import __version__
 from brainage_core.fileio import TEMP_PREFIX, atomic_path, write_json
@@ -774,7 +774,7 @@ def generate_cohort(
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # one spelling of every path: _remove_stale compares them
     request = {
         "format_version": FORMAT_VERSION,
         "package_version": __version__,

@@ -186,13 +186,17 @@ class _Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config.model)
         self.model.set_age_scale(self.ages[self.train_idx])
+        # Each recipe trains one head: contrastive losses the projector (the regressor is fitted
+        # by the probe), regression the regressor. Freezing the other keeps it out of the
+        # optimiser and out of DistributedDataParallel's gradient synchronisation.
+        (self.model.regressor if self.contrastive else self.model.projector).requires_grad_(False)
         self.model.to(self.device)
         if self.cuda and config.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)
         self.network: nn.Module = self.model
         if self.world > 1:
             self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
-        self.optimizer = _optimizer(config, self.model.parameters())
+        self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
         self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,

@@ -188,7 +188,7 @@ def test_outputs_are_skull_stripped_ras_on_the_template_grid(imported: tuple[Pat
     assert (manifest["group"] == "CN").all() and (manifest["site"] == "HH").all()
     assert manifest.set_index("subject_id").loc["IXI014", "age"] == pytest.approx(34.24)
     for row in manifest.itertuples():
-        assert row.labels == f"labels/{row.subject_id}_dlmuse_mni.nii.gz"  # relative to the manifest
+        assert row.labels == str(out_dir.resolve() / "labels" / f"{row.subject_id}_dlmuse_mni.nii.gz")  # resolved like image
         image, mask, labels = nib.load(row.image), nib.load(row.mask), nib.load(out_dir / row.labels)
         for volume in (image, mask, labels):
             assert volume.shape == grid_shape

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from brainage_core.bench_losses import bench_rnc_loss
+from brainage_core.bench import bench_rnc_loss
 from brainage_core.losses import (
     CONTRASTIVE_LOSSES,
     REGRESSION_LOSSES,

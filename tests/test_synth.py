@@ -275,3 +275,12 @@ def test_image_measured_csf_follows_age(model: synth.SynthModel, tmp_path: Path)
         nib.save(nib.Nifti1Image(result.mask, model.affine), paths["mask"])
         measured[age] = synth.image_tissue_volumes(paths["image"], paths["mask"])
     assert measured[80.0]["csf"] > 1.3 * measured[30.0]["csf"] and measured[80.0]["gm"] < measured[30.0]["gm"]
+
+
+def test_a_relative_output_folder_keeps_every_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebooks pass paths like '../cohort': the stale-file sweep must not delete the new files."""
+    (tmp_path / "book").mkdir()
+    monkeypatch.chdir(tmp_path / "book")
+    manifest = synth.generate_cohort("../cohort", 4, seed=1, spacing=4.0, progress=False, workers=1)
+    assert validate_manifest(manifest) == []
+    assert len(list((tmp_path / "cohort" / "images").iterdir())) == 4

@@ -145,3 +145,14 @@ def test_linear_probe_does_not_interpolate_when_features_outnumber_subjects() ->
     cross_validated, unpenalised = held_out_mae(ProbeConfig()), held_out_mae(ProbeConfig(ridge=1e-6))
     assert cross_validated < 15.0, cross_validated  # the noise floor of this problem is about 9 years
     assert unpenalised > 2 * cross_validated
+
+
+def test_torchrun_two_process_training_completes(cohort: Path, tmp_path: Path) -> None:
+    """DDP on CPU (gloo): 2 processes train a contrastive model; only rank 0 writes the run."""
+    run_dir = tmp_path / "ddp"
+    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", "-m", "brainage_core.cli", "train",
+               "--quiet", "--run-dir", str(run_dir), "--set", *tiny_overrides(tmp_path, cohort, "rnc")]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert all((run_dir / name).is_file() for name in RUN_FILES)
+    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
