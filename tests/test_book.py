@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-import re
-import shutil
 from pathlib import Path
 
 import nbformat
