@@ -787,8 +787,12 @@ def import_ixi(
     workers: int | None = None,
     progress: bool = True,
     include_failed_qc: bool = False,
+    max_subjects: int | None = None,
 ) -> ImportReport:
     """Preprocess the IXI T1 scans into MNI space and write a validated manifest.
+
+    ``max_subjects`` keeps only the first subjects (by IXI ID) of the folder, for quick runs
+    such as the book's smoke tests; ``None`` imports all of them.
 
     Brain masks come from ``mask_dir/<MRID>_T1_DLMUSE.nii.gz`` (``seg > 0``), whose labels are
     also carried to the template grid (nearest neighbour). Without ``mask_dir`` a cruder
@@ -834,6 +838,10 @@ def import_ixi(
     scans, repeated = _scan_folder(t1_dir, report)
     in_table = set(table.table.index) | set(table.conflicting) | set(table.invalid)
     report.not_on_disk = sorted(in_table - set(scans) - repeated)
+    if max_subjects is not None:
+        if max_subjects < 1:
+            raise ValueError(f"max_subjects must be >= 1 or None, got {max_subjects}")
+        scans = dict(sorted(scans.items())[:max_subjects])
 
     jobs = _plan(scans, table, mask_dir, out_dir, float(spacing), report)
     records = _run(jobs, workers, progress, report)

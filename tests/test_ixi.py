@@ -314,3 +314,14 @@ def test_import_without_masks_uses_the_cruder_fallback(
     assert (fallback & dlmuse).sum() / dlmuse.sum() > 0.97  # errs on the side of keeping brain
     image = nib.load(manifest["image"][0]).get_fdata()
     assert (image[~fallback] == 0).all()
+
+
+def test_max_subjects_limits_the_import(ixi_dir: Path, tmp_path: Path) -> None:
+    """Quick runs import the first subjects only; the folder's other IDs are not reported missing."""
+    with pytest.raises(ValueError, match="max_subjects must be >= 1"):
+        ixi.import_ixi(ixi_dir / "t1", ixi_dir / "participants.csv", tmp_path / "zero", mask_dir=ixi_dir / "seg", max_subjects=0)
+    report = ixi.import_ixi(ixi_dir / "t1", ixi_dir / "participants.csv", tmp_path / "two", mask_dir=ixi_dir / "seg",
+                            max_subjects=2, workers=1, progress=False)
+    manifest = read_manifest(tmp_path / "two" / "manifest.csv")
+    assert manifest["subject_id"].tolist() == ["IXI012", "IXI013"]
+    assert report.not_on_disk == []
