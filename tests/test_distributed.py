@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import brainage_core.distributed as bd
 from brainage_core.losses import build_loss
 
 WORLD_SIZE = 2
+JOB_TIMEOUT_S = 180
 GLOBAL_BATCH, VIEWS, IN_DIM, OUT_DIM = 8, 2, 6, 4
 LOSSES = ("rnc", "ntxent")
 
@@ -76,7 +79,8 @@ def _rank_results(rank: int) -> dict[str, object]:
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     """Entry point of a spawned rank: run it and write its results to ``out_dir``."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    # A collective that waits longer than the timeout raises instead of hanging the test run.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
     try:
         results = _rank_results(rank)
     finally:
@@ -97,7 +101,13 @@ def test_helpers_are_no_ops_without_process_group() -> None:
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     """Run the two-process job once and load what every rank wrote."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    context = mp.start_processes(_worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while not context.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the two-process gloo job did not finish within {JOB_TIMEOUT_S} s")
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
 
 
