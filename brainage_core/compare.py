@@ -18,8 +18,7 @@ from scipy import stats
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
-from brainage_core.data import VolumeDataset, load_volumes
-from brainage_core.imaging import VolumeCache, default_cache_dir
+from brainage_core.data import VolumeDataset, load_manifest_volumes
 from brainage_core.manifest import read_manifest
 from brainage_core.metrics import mae_by_age_band, prediction_consistency, regression_metrics
 from brainage_core.train import extract_features, load_run_model, predict_ages
@@ -183,10 +182,9 @@ def analyse_features(run_dir: str | os.PathLike[str], n_augmentations: int = 8, 
     predictions = healthy_test_rows(pd.read_csv(Path(run_dir) / "predictions.csv"))
     if "image" not in predictions.columns:
         raise ValueError(f"{run_dir}/predictions.csv has no 'image' column; retrain with this version of brainage")
-    manifest = read_manifest(config.data.manifest).set_index("subject_id")
-    masks = [manifest.loc[s, "mask"] if "mask" in manifest.columns else None for s in predictions["subject_id"]]
-    cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
-    volumes, _ = load_volumes(predictions["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=False)
+    # The manifest rows of these scans, by image (a subject may have several scans).
+    rows = read_manifest(config.data.manifest).set_index("image").loc[predictions["image"]].reset_index()
+    volumes, _ = load_manifest_volumes(rows, config.data, progress=False)
     torch_device = torch.device(device)
     features = extract_features(model, volumes, torch_device).numpy()
     ages = predictions["age"].to_numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,9 +18,16 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from brainage_core.imaging import AugmentConfig, MultiViewTransform, PreprocessConfig, VolumeCache, build_augmentation
+from brainage_core.imaging import (
+    AugmentConfig,
+    MultiViewTransform,
+    PreprocessConfig,
+    VolumeCache,
+    build_augmentation,
+    default_cache_dir,
+)
 
-__all__ = ["DataConfig", "assign_splits", "load_volumes", "VolumeDataset", "sample_seed"]
+__all__ = ["DataConfig", "assign_splits", "load_volumes", "load_manifest_volumes", "VolumeDataset", "sample_seed"]
 
 
 @dataclass
@@ -106,6 +114,23 @@ def load_volumes(
         volumes[index] = volume.as_tensor().half()
         affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
     return volumes, affines
+
+
+def load_manifest_volumes(frame: pd.DataFrame, config: DataConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`load_volumes` for the rows of a manifest, with a run's preprocessing and cache.
+
+    Args:
+        frame: rows of a manifest read by :func:`~brainage_core.manifest.read_manifest`
+            (``image`` and, if present, ``mask`` as absolute paths).
+        config: the run's data settings (preprocessing parameters and cache folder).
+        progress: show a progress bar.
+
+    Returns:
+        ``volumes`` float16 ``[N, 1, X, Y, Z]`` and ``affines`` float64 ``[N, 4, 4]``, in row order.
+    """
+    cache = VolumeCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
+    masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
+    return load_volumes(frame["image"].tolist(), masks, config.preprocess_config(), cache, progress=progress)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -61,9 +61,8 @@ from monai.visualize.visualizer import default_upsampler
 from scipy import stats
 from torch import nn
 
-from brainage_core.data import assign_splits, load_volumes
+from brainage_core.data import assign_splits, load_manifest_volumes
 from brainage_core.fileio import atomic_path, write_json
-from brainage_core.imaging import VolumeCache, default_cache_dir
 from brainage_core.manifest import read_manifest
 from brainage_core.train import load_run_model, predict_ages, resolve_device
 
@@ -822,10 +821,7 @@ def explain_run(
         raise ValueError(f"{manifest_path}: no rows to explain (split={split!r}, max_subjects={max_subjects})")
     stems = _file_stems(frame)
 
-    cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
-    masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
-    preprocess_config = config.data.preprocess_config()
-    volumes, affines = load_volumes(frame["image"].tolist(), masks, preprocess_config, cache, progress=progress)
+    volumes, affines = load_manifest_volumes(frame, config.data, progress=progress)
     brains = volumes.float() > 0  # brains: [N, 1, X, Y, Z]
     maps = {
         "gradram": saliency_maps(model, volumes, layer, signed=True, batch_size=batch_size),

@@ -44,9 +44,8 @@ from tqdm import tqdm
 
 from brainage_core import distributed
 from brainage_core.config import ProbeConfig, RunConfig, config_to_dict, load_config
-from brainage_core.data import VolumeDataset, assign_splits, load_volumes
+from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
 from brainage_core.fileio import atomic_path
-from brainage_core.imaging import VolumeCache, default_cache_dir
 from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
 from brainage_core.manifest import read_manifest
 from brainage_core.models import BrainAgeModel, build_model
@@ -166,11 +165,7 @@ class _Trainer:
 
         self.frame = read_manifest(config.data.manifest)
         self.frame["split"] = assign_splits(self.frame, config.data.test_fold).to_numpy()
-        cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
-        masks = self.frame["mask"].tolist() if "mask" in self.frame.columns else [None] * len(self.frame)
-        self.volumes, _ = load_volumes(
-            self.frame["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=progress and self.rank == 0
-        )
+        self.volumes, _ = load_manifest_volumes(self.frame, config.data, progress=progress and self.rank == 0)
         self.ages = torch.tensor(self.frame["age"].to_numpy(), dtype=torch.float32)
         in_groups = self.frame["group"].isin(config.data.train_groups).to_numpy()
         self.train_idx = np.flatnonzero(in_groups & (self.frame["split"] == "train").to_numpy())
@@ -434,9 +429,7 @@ def predict(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], o
     torch_device = resolve_device(device)
     model, config = load_run_model(run_dir, str(torch_device))
     frame = read_manifest(manifest)
-    cache = VolumeCache(Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir())
-    masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
-    volumes, _ = load_volumes(frame["image"].tolist(), masks, config.data.preprocess_config(), cache, progress=progress)
+    volumes, _ = load_manifest_volumes(frame, config.data, progress=progress)
     columns = [c for c in ("subject_id", "split", "group", "sex", "site", "age") if c in frame.columns]
     result = frame[columns].copy()
     result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy()
