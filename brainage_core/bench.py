@@ -24,12 +24,13 @@ from torch.utils.data import DataLoader
 from brainage_core import __version__
 from brainage_core.config import RunConfig
 from brainage_core.data import VolumeDataset
+from brainage_core.imaging import AugmentConfig, build_augmentation
 from brainage_core.fileio import write_json
 from brainage_core.losses import CONTRASTIVE_LOSSES, RnCLoss, build_loss, rnc_loss_loop
 from brainage_core.models import build_model
 from brainage_core.train import resolve_device
 
-__all__ = ["machine_description", "bench_rnc_loss", "bench_training_throughput", "peak_rss_mb", "run_benchmarks"]
+__all__ = ["machine_description", "bench_rnc_loss", "bench_training_throughput", "bench_augmentation", "peak_rss_mb", "run_benchmarks"]
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:
@@ -266,6 +267,40 @@ def bench_training_throughput(
     }
 
 
+def bench_augmentation(augment: AugmentConfig, shape: Sequence[int], repeats: int = 20, seed: int = 0) -> list[dict[str, Any]]:
+    """Milliseconds per view of each augmentation transform, on one CPU volume of ``shape``.
+
+    Explains the data pipeline's overhead measured by :func:`bench_training_throughput`: the
+    transforms are those of :func:`~brainage_core.imaging.build_augmentation`, each applied
+    ``repeats`` times (after one untimed call) to a random ``[1, *shape]`` volume.
+
+    Args:
+        augment: augmentation settings.
+        shape: volume size ``(X, Y, Z)``.
+        repeats: timed calls per transform; the median is reported.
+        seed: seeds the volume and the transforms.
+
+    Returns:
+        One dict per transform (``transform``, ``ms_per_view``), then ``total`` for the whole chain.
+    """
+    volume = torch.rand((1, *shape), generator=torch.Generator().manual_seed(seed))
+    chain = build_augmentation(augment)
+    chain.set_random_state(seed)
+
+    def median_ms(transform: Callable[[Tensor], Tensor]) -> float:
+        transform(volume)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            transform(volume)
+            times.append(time.perf_counter() - started)
+        return 1000 * statistics.median(times)
+
+    rows = [{"transform": type(transform).__name__, "ms_per_view": median_ms(transform)} for transform in chain.transforms]
+    rows.append({"transform": "total", "ms_per_view": median_ms(chain)})
+    return rows
+
+
 def run_benchmarks(
     out: str | Path, config: RunConfig | None = None, quick: bool = False, loop_max_batch: int = 512
 ) -> dict[str, Any]:
@@ -293,12 +328,14 @@ def run_benchmarks(
         bench_training_throughput(replace(config, loss=replace(config.loss, name=name)), steps=steps, n_subjects=4 * config.train.batch_size)
         for name in ("rnc", "mse")
     ]
+    augmentation = bench_augmentation(config.augment, config.data.shape, repeats=3 if quick else 20)
     speedups = [row["speedup"] for row in loss_rows if row.get("speedup")]
     results = {
         "machine": machine_description(device),
         "rnc_loss": loss_rows,
         "rnc_loss_speedup_at_largest_loop_batch": speedups[-1] if speedups else None,
         "training_throughput": throughput,
+        "augmentation_ms_per_view": augmentation,
         "peak_rss_mb": peak_rss_mb(),
         "quick": quick,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
