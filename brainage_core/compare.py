@@ -27,6 +27,7 @@ __all__ = [
     "healthy_test_rows",
     "collect_runs",
     "summarise_methods",
+    "mean_predictor_verdict",
     "paired_tests",
     "errors_by_age_band",
     "feature_continuity",
@@ -45,20 +46,25 @@ def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> 
 
     Returns:
         ``runs``: one row per run with its test-control metrics (``mae``, ``rmse``, ``r2``,
-        ``pearson_r``, ``spearman_gap_age``), selected epoch and training minutes; and
+        ``pearson_r``, ``spearman_gap_age``), ``mean_predictor_mae`` (the MAE of always
+        predicting the mean age of the run's training controls), selected epoch and training
+        minutes; and
         ``errors``: one row per (method, seed, test control) with ``age``, ``predicted_age``
         and ``abs_error``.
     """
     rows, errors = [], []
     for (method, seed), run_dir in run_dirs.items():
         run_dir = Path(run_dir)
-        predictions = healthy_test_rows(pd.read_csv(run_dir / "predictions.csv"))
+        every_row = pd.read_csv(run_dir / "predictions.csv")
+        predictions = healthy_test_rows(every_row)
+        training_mean = every_row.loc[(every_row["group"] == "CN") & (every_row["split"] == "train"), "age"].mean()
         history = pd.read_csv(run_dir / "metrics.csv")
         rows.append(
             {
                 "method": method,
                 "seed": seed,
                 **regression_metrics(predictions["age"], predictions["predicted_age"]),
+                "mean_predictor_mae": float((predictions["age"] - training_mean).abs().mean()),
                 "best_epoch": int(history.loc[history["val_mae"].idxmin(), "epoch"]),
                 "minutes": float(history["seconds"].sum() / 60),
             }
@@ -72,11 +78,32 @@ def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> 
 
 
 def summarise_methods(runs: pd.DataFrame, metrics: tuple[str, ...] = ("mae", "r2", "pearson_r")) -> pd.DataFrame:
-    """Mean and SD over seeds of each metric, one row per method (ordered by mean MAE)."""
+    """Mean and SD over seeds of each metric, one row per method (ordered by mean MAE).
+
+    With a ``mean_predictor_mae`` column (from :func:`collect_runs`), also
+    ``beats_mean_predictor``: how many of the method's runs have a lower MAE than it.
+    """
     grouped = runs.groupby("method")[list(metrics)].agg(["mean", "std"])
     grouped.columns = [f"{metric}_{stat}" for metric, stat in grouped.columns]
     grouped["n_seeds"] = runs.groupby("method")["seed"].nunique()
+    if "mean_predictor_mae" in runs:
+        grouped["beats_mean_predictor"] = (runs["mae"] < runs["mean_predictor_mae"]).groupby(runs["method"]).sum()
     return grouped.sort_values("mae_mean")
+
+
+def mean_predictor_verdict(runs: pd.DataFrame) -> str:
+    """One sentence: do all runs beat the mean predictor, and if not, which ones do not.
+
+    Args:
+        runs: the table of :func:`collect_runs` (needs ``mae`` and ``mean_predictor_mae``).
+    """
+    losing = runs[runs["mae"] >= runs["mean_predictor_mae"]]
+    baseline = runs["mean_predictor_mae"]
+    level = f"{baseline.iloc[0]:.2f} years" if baseline.nunique() == 1 else f"{baseline.min():.2f}-{baseline.max():.2f} years"
+    if losing.empty:
+        return f"All {len(runs)} runs beat the mean predictor (test MAE {level})."
+    names = ", ".join(f"{row.method.upper()} seed {row.seed} ({row.mae:.2f})" for row in losing.itertuples())
+    return f"{len(runs) - len(losing)} of {len(runs)} runs beat the mean predictor (test MAE {level}); not: {names}."
 
 
 def paired_tests(runs: pd.DataFrame, errors: pd.DataFrame, reference: str = "rnc") -> pd.DataFrame:

@@ -13,6 +13,7 @@ from brainage_core.compare import (
     collect_runs,
     describe_comparison,
     feature_continuity,
+    mean_predictor_verdict,
     paired_tests,
     summarise_methods,
 )
@@ -61,6 +62,14 @@ def test_paired_tests_refuse_an_unknown_reference() -> None:
         paired_tests(runs, errors)
 
 
+def test_mean_predictor_verdict_names_the_runs_that_lose() -> None:
+    runs = pd.DataFrame({"method": ["rnc", "rnc", "mse"], "seed": [0, 1, 0], "mae": [5.0, 17.0, 6.0], "mean_predictor_mae": 16.0})
+    assert mean_predictor_verdict(runs) == "2 of 3 runs beat the mean predictor (test MAE 16.00 years); not: RNC seed 1 (17.00)."
+    assert summarise_methods(runs, metrics=("mae",)).loc["rnc", "beats_mean_predictor"] == 1
+    runs["mae"] = [5.0, 6.0, 7.0]
+    assert mean_predictor_verdict(runs) == "All 3 runs beat the mean predictor (test MAE 16.00 years)."
+
+
 def test_feature_continuity_reference_values() -> None:
     ages = np.linspace(20, 90, 40)
     assert feature_continuity(np.c_[ages, 2 * ages], ages) == pytest.approx(1.0, abs=1e-4)  # rounding among tied distances
@@ -80,6 +89,10 @@ def test_collect_and_analyse_real_runs(tmp_path: Path) -> None:
     manifest = pd.read_csv(cohort)
     n_test_controls = int(((manifest["split"] == "test") & (manifest["group"] == "CN")).sum())
     assert len(errors) == 4 * n_test_controls
+    test_ages = manifest.loc[(manifest["split"] == "test") & (manifest["group"] == "CN"), "age"]
+    train_mean = manifest.loc[(manifest["split"] == "train") & (manifest["group"] == "CN"), "age"].mean()
+    assert runs["mean_predictor_mae"].tolist() == pytest.approx([(test_ages - train_mean).abs().mean()] * 4, rel=1e-4)
+    assert summarise_methods(runs)["beats_mean_predictor"].between(0, 2).all()
     analysis = analyse_features(run_dirs[("rnc", 0)], n_augmentations=3)
     assert len(analysis["pca"]) == n_test_controls and -1 <= analysis["continuity"] <= 1
     assert analysis["consistency"]["n_augmentations"] == 3 and analysis["consistency"]["mean_sd"] > 0
