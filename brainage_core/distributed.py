@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 __all__ = ["gather_for_loss", "gather_with_grad", "is_distributed", "rank", "world_size"]
@@ -54,38 +53,40 @@ def _check_same_shape_on_all_ranks(tensor: Tensor, name: str) -> None:
         )
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous.
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns each rank its chunk's summed gradient.
 
-    The backward of :func:`torch.distributed.nn.functional.all_gather` hands the
-    gradients of the gathered chunks to a collective (all-to-all on gloo) as they
-    come. A loss that reshapes the gathered tensor (e.g. the ``[B, V, D] ->
-    [V*B, D]`` view pooling of the contrastive losses) produces non-contiguous
-    chunk gradients, and with those gloo silently returned wrong gradients in
-    ``tests/test_distributed.py`` (torch 2.13; the same class of bug as
-    pytorch/pytorch#192920). Putting this identity between the gather and the
-    loss hands the collective contiguous gradients.
+    Forward: ``[b, ...]`` on every rank -> ``[world_size * b, ...]`` in rank order.
+    Backward: the gradients all ranks computed for the gathered tensor are summed
+    (all-reduce) and each rank keeps the slice of its own chunk. Written on the public
+    ``torch.distributed`` collectives: ``torch.distributed.nn.functional.all_gather``
+    is deprecated in torch 2.13 for a private module, and its backward handed
+    non-contiguous gradients to gloo, which returned wrong values (the same class of
+    bug as pytorch/pytorch#192920); here the gradient is made contiguous first.
     """
 
     @staticmethod
     def forward(ctx: Any, tensor: Tensor) -> Tensor:
-        """Return ``tensor`` unchanged (any shape)."""
-        return tensor.view_as(tensor)
+        """Gather ``tensor`` ``[b, ...]`` from all ranks into ``[world_size * b, ...]``."""
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tensor:
-        """Return ``grad_output`` (same shape as the input) in contiguous memory."""
-        return grad_output.contiguous()
+        """Sum ``grad_output`` ``[world_size * b, ...]`` over ranks; return this rank's ``[b, ...]``."""
+        grad = grad_output.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
 
 
 def gather_with_grad(tensor: Tensor) -> Tensor:
     """All-gather ``tensor`` along dim 0, keeping the autograd graph.
 
-    Uses :func:`torch.distributed.nn.functional.all_gather`, whose backward sums
-    the gradients that all ranks computed for each rank's chunk and returns the
-    sum to the chunk's owner (see :func:`gather_for_loss` for what that means for
-    loss scaling). The chunk gradients are made contiguous before they reach that
-    collective (see :class:`_ContiguousGrad`).
+    The backward sums the gradients that all ranks computed for each rank's chunk
+    and returns the sum to the chunk's owner (see :func:`gather_for_loss` for what
+    that means for loss scaling).
 
     Args:
         tensor: Local tensor, shape ``[b, ...]``, identical shape on every rank.
@@ -100,8 +101,7 @@ def gather_with_grad(tensor: Tensor) -> Tensor:
     if world_size() == 1:
         return tensor
     _check_same_shape_on_all_ranks(tensor, "tensor")
-    chunks = [_ContiguousGrad.apply(chunk) for chunk in dist_fn.all_gather(tensor)]
-    return torch.cat(chunks, dim=0)  # [world_size * b, ...]
+    return _AllGatherWithGrad.apply(tensor)  # [world_size * b, ...]
 
 
 def gather_for_loss(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
