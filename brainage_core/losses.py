@@ -453,10 +453,14 @@ class NTXentLoss(nn.Module):
     loss shares one call signature.
 
     Args:
-        temperature: Softmax temperature.
+        temperature: Softmax temperature. The default, 0.2, was chosen for the three
+            InfoNCE baselines on validation MAE (mean over 3 seeds) on the book's default
+            cohort and budget (batches of 16 subjects): NT-Xent 14.0 y at 0.1, 11.8 y at 0.2,
+            13.7 y at 0.5; SupCon 12.8 y vs 11.8 y; y-Aware 7.6 y vs 7.4 y (0.1 vs 0.2). The
+            papers used 0.1 to 0.5 with batches of hundreds.
     """
 
-    def __init__(self, temperature: float = 0.1) -> None:
+    def __init__(self, temperature: float = 0.2) -> None:
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
 
@@ -489,11 +493,11 @@ class SupConLoss(nn.Module):
     ``T / base_temperature`` rescaling of the authors' code is not applied.
 
     Args:
-        temperature: Softmax temperature.
+        temperature: Softmax temperature (0.2: see :class:`NTXentLoss`).
         bin_width: Width of the age bins, in the labels' unit (years).
     """
 
-    def __init__(self, temperature: float = 0.1, bin_width: float = 5.0) -> None:
+    def __init__(self, temperature: float = 0.2, bin_width: float = 5.0) -> None:
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
         self.bin_width = _check_positive("bin_width", bin_width)
@@ -531,11 +535,11 @@ class YAwareLoss(nn.Module):
     distinct ages), ``sigma -> inf`` SupCon with a single bin.
 
     Args:
-        temperature: Softmax temperature.
+        temperature: Softmax temperature (0.2: see :class:`NTXentLoss`).
         sigma: Kernel bandwidth, in the labels' unit (years).
     """
 
-    def __init__(self, temperature: float = 0.1, sigma: float = 5.0) -> None:
+    def __init__(self, temperature: float = 0.2, sigma: float = 5.0) -> None:
         super().__init__()
         self.temperature = _check_positive("temperature", temperature)
         self.sigma = _check_positive("sigma", sigma)
