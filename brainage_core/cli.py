@@ -129,7 +129,7 @@ def _cmd_clinical(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import json
 
-    from brainage_core.interpret import explain_run
+    from brainage_core.interpret import DEFAULT_LAYER, explain_run
 
     summary = explain_run(
         args.run_dir,
@@ -138,7 +138,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         split=None if args.split == "all" else args.split,
         max_subjects=args.max_subjects,
         device=args.device,
-        layer=args.layer,
+        layer=args.layer or DEFAULT_LAYER,
         batch_size=args.batch_size,
         background=args.background,
         progress=not args.quiet,
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", default="test", help="split to explain, or 'all' (default test)")
     explain.add_argument("--max-subjects", type=int, help="explain at most this many scans")
     explain.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    explain.add_argument("--layer", default="encoder.layer4", help="layer whose activations are weighted (default encoder.layer4)")
+    explain.add_argument("--layer", default=None, help="layer whose activations are weighted (default: brainage_core.interpret.DEFAULT_LAYER, encoder.layer3; encoder.layer4 is coarser)")
     explain.add_argument("--batch-size", type=int, default=8, help="scans per batch (default 8)")
     explain.add_argument("--background", choices=("mean", "mni152"), default="mean", help="figure background: mean scan or MNI152 template")
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
