@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader
 from brainage_core import __version__
 from brainage_core.config import RunConfig
 from brainage_core.data import VolumeDataset
-from brainage_core.imaging import AugmentConfig, build_augmentation
 from brainage_core.fileio import write_json
+from brainage_core.imaging import AugmentConfig, build_augmentation
 from brainage_core.losses import CONTRASTIVE_LOSSES, RnCLoss, build_loss, rnc_loss_loop
 from brainage_core.models import build_model
 from brainage_core.train import resolve_device
@@ -65,8 +65,6 @@ def _synchronize(device: torch.device) -> None:
 
 
 _MIN_AGE, _MAX_AGE = 20, 90
-
-
 
 
 def _forward_backward_s(loss_fn: Callable[[Tensor, Tensor], Tensor], features: Tensor, ages: Tensor) -> float:
