@@ -1,7 +1,8 @@
 """The ``brainage`` command line: thin wrappers around the package's modules.
 
 Each subcommand parses its arguments and delegates; heavy imports happen inside the handlers
-so ``brainage --help`` stays fast. Exit codes: 0 success, 1 a run failed, 2 invalid input.
+so ``brainage --help`` stays fast. Exit codes: 0 success, 1 a run failed, 2 invalid input (a message
+naming the file, row or field; never a traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+EXIT_RUN_FAILED = 1
 EXIT_INVALID_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -28,7 +31,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_INVALID_INPUT
     import pandas as pd
 
-    n_rows = len(pd.read_csv(args.manifest, dtype=str))
+    n_rows = len(pd.read_csv(args.manifest, dtype=str, encoding="utf-8-sig"))
     print(f"{args.manifest}: valid ({n_rows} scans)")
     return 0
 
@@ -71,8 +74,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
     from brainage_core.train import train
 
-    config = load_config(args.config, args.set or [])
-    run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
+    if args.resume and args.config is None:
+        # The run's own config, with any --set on top (a changed field is then refused by train).
+        stored = args.run_dir / "config.yaml"
+        if not stored.is_file():
+            raise FileNotFoundError(f"cannot resume: {stored} not found; is {args.run_dir} a run directory?")
+        config = load_config(stored, args.set or [])
+    else:
+        config = load_config(args.config, args.set or [])
+    try:
+        run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        if (args.run_dir / "checkpoint.pt").is_file():
+            print(f"\nbrainage train: interrupted; resume with: brainage train --run-dir {args.run_dir} --resume", file=sys.stderr)
+        else:
+            print("\nbrainage train: interrupted before the first epoch finished; nothing was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"run: {run_dir}")
     return 0
 
@@ -192,7 +209,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
     train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. data.manifest=m.csv")
     train.add_argument("--run-dir", required=True, type=Path, help="output run directory")
-    train.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint.pt")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run directory's checkpoint.pt with the run's own config.yaml (a changed field is refused)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_train)
 
@@ -227,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("manifest", type=Path, help="the manifest CSV")
     validate.add_argument(
         "--check-images",
-        choices=("header", "exists", "none"),
-        default="header",
-        help="how to check image files: open the NIfTI header (default), only check they exist, or skip",
+        choices=("data", "header", "exists", "none"),
+        default="data",
+        help="how to check image files: every check the loaders run, voxel data included (default), "
+        "the NIfTI headers only (faster), only that they exist, or skip",
     )
     validate.set_defaults(handler=_cmd_validate)
 
@@ -347,11 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``brainage`` command; return its exit code."""
     args = build_parser().parse_args(argv)
+    from brainage_core.rundir import RunLockedError
+
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except KeyboardInterrupt:
+        print(f"\nbrainage {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, RunLockedError) as error:  # user input: files, manifests, configs
         print(f"brainage {args.command}: error: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT
+    except FloatingPointError as error:  # training diverged
+        print(f"brainage {args.command}: failed: {error}", file=sys.stderr)
+        return EXIT_RUN_FAILED
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from statsmodels.stats.multitest import multipletests
 
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import KNOWN_GROUPS
+from brainage_core.ownership import claim
 from brainage_core.metrics import HEALTHY_GROUP, controls_from_manifest, corrected_predictions, read_predictions
 
 __all__ = [
@@ -339,12 +340,14 @@ def plot_gap_vs_score(
 
 
 def _save_figure(figure: Figure, destination: Path) -> None:
+    claim(destination.parent, [destination.name])
     with atomic_path(destination, suffix=destination.suffix) as temp:
         figure.savefig(temp, dpi=150, bbox_inches="tight")
     plt.close(figure)
 
 
 def _write_csv(table: pd.DataFrame, destination: Path) -> None:
+    claim(destination.parent, [destination.name])
     with atomic_path(destination, suffix=".csv") as temp:
         table.to_csv(temp, index=False)
 
@@ -383,6 +386,7 @@ def clinical_report(
     recovery = None
     if "true_gap" in corrected.columns and corrected["true_gap"].notna().any():
         recovery = {column: true_gap_recovery(corrected, column, train_groups) for column in ("gap_corrected", "gap")}
+        claim(out_dir, ["true_gap_recovery.json"])
         write_json(out_dir / "true_gap_recovery.json", recovery)
         files.append("true_gap_recovery.json")
 

@@ -8,7 +8,10 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+import types
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +24,22 @@ from brainage_core.data import DataConfig
 from brainage_core.imaging import AugmentConfig
 from brainage_core.models import ModelConfig
 
-__all__ = ["LossConfig", "OptimConfig", "ProbeConfig", "RunConfig", "load_config", "apply_overrides", "config_to_dict"]
+__all__ = [
+    "LossConfig",
+    "OptimConfig",
+    "ProbeConfig",
+    "RunConfig",
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "config_problems",
+    "config_to_dict",
+]
+
+OPTIMIZERS = ("adamw", "sgd")
+MAX_LEARNING_RATE = 10.0  # far above any sensible value; larger ones are typos (1e12)
+MIN_SPACING_MM, MAX_SPACING_MM = 0.5, 16.0
+MAX_GRID_SIZE = 512  # voxels per axis of the network input
 
 
 @dataclass
@@ -109,52 +127,161 @@ class RunConfig:
     channels_last: bool = True
 
 
+class ConfigError(ValueError):
+    """A run config has problems; ``problems`` lists every one (field name first)."""
+
+    def __init__(self, problems: list[str], source: str = "the run config"):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
+
+
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert a YAML value to the field's declared type, with a clear error."""
+    """Convert a YAML value to the field's declared type; ValueError names the field."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], name)
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ValueError(f"config section {name!r} must be a mapping, got {value!r}")
-        return _from_dict(annotation, value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config field {name!r} must be a list, got {value!r}")
+            raise ValueError(f"{name}: must be a list, got {value!r}")
         item_type = args[0] if args else Any
         return tuple(_coerce(v, item_type, name) for v in value)
     if origin is dict or annotation is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"config field {name!r} must be a mapping, got {value!r}")
+            raise ValueError(f"{name}: must be a mapping, got {value!r}")
         return dict(value)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"config field {name!r} must be true or false, got {value!r}")
+            raise ValueError(f"{name}: must be true or false, got {value!r}")
         return value
     if annotation in (int, float, str):
+        if value is None or isinstance(value, (bool, list, dict)) or (annotation is not str and isinstance(value, str) and not _is_number(value)):
+            raise ValueError(f"{name}: must be {'an integer' if annotation is int else 'a number' if annotation is float else 'a string'}, got {value!r}")
         try:
             converted = annotation(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"config field {name!r} must be {annotation.__name__}, got {value!r}") from error
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"{name}: must be {annotation.__name__}, got {value!r}") from error
         if annotation is int and isinstance(value, float) and value != converted:
-            raise ValueError(f"config field {name!r} must be an integer, got {value!r}")
+            raise ValueError(f"{name}: must be an integer, got {value!r}")
+        if annotation is float and not math.isfinite(converted):
+            raise ValueError(f"{name}: must be a finite number, got {value!r}")
         return converted
     return value
 
 
-def _from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``values``, appending every problem; bad fields keep defaults."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        where = f"section {prefix!r}" if prefix else "the config"
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid keys: {sorted(names)}")
-    kwargs = {key: _coerce(value, hints[key], f"{prefix}.{key}".lstrip(".")) for key, value in values.items()}
-    return cls(**kwargs)
+    names = [f.name for f in dataclasses.fields(cls)]
+    where = f"section {prefix!r}" if prefix else "the config"
+    for key in sorted(set(values) - set(names), key=str):
+        problems.append(f"{prefix + '.' if prefix else ''}{key}: unknown key in {where}; valid keys: {', '.join(names)}")
+    kwargs = {}
+    for key in names:
+        if key not in values:
+            continue
+        name = f"{prefix}.{key}".lstrip(".")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(values[key], dict):
+                problems.append(f"{name}: must be a section (a mapping of keys), got {values[key]!r}")
+                continue
+            kwargs[key] = _from_dict(annotation, values[key], problems, name)
+            continue
+        try:
+            kwargs[key] = _coerce(values[key], annotation, name)
+        except ValueError as error:
+            problems.append(str(error))
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:  # a section's own __post_init__ checks
+        problems.append(f"{prefix or 'config'}: {error}")
+        return cls()
+
+
+def _check_range(problems: list[str], name: str, value: float | None, low: float | None = None, high: float | None = None, low_open: bool = False, hint: str = "") -> None:
+    if value is None:
+        return
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        bound = f"{'>' if low_open else '>='} {low:g}" if low is not None else ""
+        if high is not None:
+            bound = f"{bound} and <= {high:g}" if bound else f"<= {high:g}"
+        problems.append(f"{name}: must be {bound}, got {value!r}{hint}")
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """Every problem of a typed config: ranges, names and the loss's parameters."""
+    from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss, loss_parameters
+    from brainage_core.models import ENCODERS
+
+    problems: list[str] = []
+    optim = config.train
+    _check_range(problems, "train.epochs", optim.epochs, 1)
+    _check_range(problems, "train.batch_size", optim.batch_size, 2, hint=" (batch normalisation and contrastive losses need >= 2 scans a step)")
+    _check_range(problems, "train.lr", optim.lr, 0, MAX_LEARNING_RATE, low_open=True)
+    _check_range(problems, "train.weight_decay", optim.weight_decay, 0)
+    _check_range(problems, "train.momentum", optim.momentum, 0, 1)
+    _check_range(problems, "train.warmup_epochs", optim.warmup_epochs, 0)
+    _check_range(problems, "train.patience", optim.patience, 1)
+    if optim.optimizer not in OPTIMIZERS:
+        problems.append(f"train.optimizer: unknown optimizer {optim.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    loss = config.loss
+    if loss.name not in CONTRASTIVE_LOSSES + REGRESSION_LOSSES:
+        problems.append(f"loss.name: unknown loss {loss.name!r}; use one of {', '.join(CONTRASTIVE_LOSSES + REGRESSION_LOSSES)}")
+    else:
+        valid = loss_parameters(loss.name)
+        for key in sorted(set(loss.params) - set(valid), key=str):
+            problems.append(f"loss.params.{key}: not a parameter of loss {loss.name!r}; its parameters: {', '.join(valid) or 'none'}")
+        if set(loss.params) <= set(valid):
+            try:
+                build_loss(loss.name, **loss.params)
+            except (ValueError, TypeError) as error:
+                problems.append(f"loss.params: {error}")
+    if loss.name in CONTRASTIVE_LOSSES:
+        _check_range(problems, "loss.n_views", loss.n_views, 2, hint=f" ({loss.name} contrasts several views of each scan)")
+    model = config.model
+    if model.arch not in ENCODERS:
+        problems.append(f"model.arch: unknown architecture {model.arch!r}; use one of {', '.join(sorted(ENCODERS))}")
+    _check_range(problems, "model.width", model.width, 1 / 64, 16, hint=" (the first stage has 64 * width channels)")
+    _check_range(problems, "model.conv1_stride", model.conv1_stride, 1, 4)
+    data = config.data
+    _check_range(problems, "data.spacing", data.spacing, MIN_SPACING_MM, MAX_SPACING_MM)
+    for axis, size in enumerate(data.shape):
+        _check_range(problems, f"data.shape[{axis}]", size, 8, MAX_GRID_SIZE)
+    if len(data.shape) != 3:
+        problems.append(f"data.shape: must be three sizes [X, Y, Z], got {list(data.shape)}")
+    _check_range(problems, "data.test_fold", data.test_fold, 0)
+    if not data.train_groups:
+        problems.append("data.train_groups: must name at least one group (e.g. [CN])")
+    augment = config.augment
+    for name in ("rotate_deg", "translate_vox", "scale", "intensity_shift", "intensity_scale", "bias_field", "noise_std"):
+        _check_range(problems, f"augment.{name}", getattr(augment, name), 0)
+    _check_range(problems, "augment.rotate_deg", augment.rotate_deg, 0, 180)
+    _check_range(problems, "augment.scale", augment.scale, 0, 0.5)
+    probe = config.probe
+    _check_range(problems, "probe.steps", probe.steps, 0)
+    _check_range(problems, "probe.lr", probe.lr, 0, 10, low_open=True)
+    _check_range(problems, "probe.ridge", probe.ridge, 0, low_open=True)
+    _check_range(problems, "seed", config.seed, 0)
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        problems.append(f"device: unknown device {config.device!r}; use auto, cpu, cuda or cuda:N")
+    _check_range(problems, "num_threads", config.num_threads, 1)
+    _check_range(problems, "num_workers", config.num_workers, 0)
+    return list(dict.fromkeys(problems))
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -173,19 +300,34 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict."""
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict.
+
+    Raises:
+        ConfigError: an override is malformed or its value is not valid YAML (all are listed).
+    """
     result = yaml.safe_load(yaml.safe_dump(values)) or {}
+    problems = []
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.epochs=5)")
+            problems.append(f"--set {item!r}: must look like section.key=value (e.g. train.epochs=5)")
+            continue
         dotted, raw = item.split("=", 1)
         keys = dotted.strip().split(".")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            problems.append(f"--set {item!r}: the value is not valid YAML ({' '.join(str(error).split())})")
+            continue
         target = result
         for key in keys[:-1]:
             target = target.setdefault(key, {})
             if not isinstance(target, dict):
-                raise ValueError(f"override {item!r}: {key!r} is not a section")
-        target[keys[-1]] = yaml.safe_load(raw)
+                problems.append(f"--set {item!r}: {key!r} is not a section")
+                break
+        else:
+            target[keys[-1]] = value
+    if problems:
+        raise ConfigError(problems, "overrides")
     return result
 
 
@@ -198,14 +340,27 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown keys or values of the wrong type (the message names the field).
+        ConfigError: (a ValueError) every unknown key, wrong type and out-of-range value,
+            each naming its field; broken YAML in the file or an override.
     """
     values: dict[str, Any] = {}
+    source = "the run config"
     if path is not None:
         path = Path(path)
+        source = str(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError([f"not valid YAML ({' '.join(str(error).split())})"], source) from None
+        except UnicodeDecodeError:
+            raise ConfigError(["not a text (YAML) file"], source) from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a run config must be a YAML mapping")
-    return _from_dict(RunConfig, apply_overrides(values, overrides))
+            raise ConfigError(["a run config must be a YAML mapping of sections (data, model, loss, train, ...)"], source)
+    problems: list[str] = []
+    config = _from_dict(RunConfig, apply_overrides(values, overrides), problems)
+    problems += config_problems(config)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), source + (" with the overrides" if overrides else ""))
+    return config

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from brainage_core.imaging import (
     AugmentConfig,
+    ImageReadError,
     MultiViewTransform,
     PreprocessConfig,
     VolumeCache,
@@ -106,13 +107,26 @@ def load_volumes(
 
     Returns:
         ``volumes`` float16 ``[N, 1, X, Y, Z]`` and ``affines`` float64 ``[N, 4, 4]``.
+
+    Raises:
+        ImageReadError: one or more scans cannot be used; the message lists every one.
     """
     volumes = torch.empty((len(images), 1, *config.shape), dtype=torch.float16)
     affines = torch.empty((len(images), 4, 4), dtype=torch.float64)
+    failures = []
     for index, (image, mask) in enumerate(tqdm(list(zip(images, masks)), desc="preprocess", disable=not progress)):
-        volume = cache.load(image, config, mask or None)
+        try:
+            volume = cache.load(image, config, mask or None)
+        except ImageReadError as error:
+            failures.append(f"  - row {index + 1}: {error}")
+            continue
         volumes[index] = volume.as_tensor().half()
         affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
+    if failures:
+        raise ImageReadError(
+            f"{len(failures)} of {len(images)} scans cannot be used (rows of the manifest; "
+            "`brainage validate MANIFEST` lists the same problems):\n" + "\n".join(failures)
+        )
     return volumes, affines
 
 

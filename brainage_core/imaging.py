@@ -37,6 +37,7 @@ from monai.transforms import (
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from brainage_core.fileio import atomic_path, sha256_file
+from brainage_core.scan_checks import header_problems, scan_problems
 
 __all__ = [
     "ImageReadError",
@@ -139,15 +140,16 @@ def load_volume(path: str | os.PathLike[str]) -> MetaTensor:
         ImageReadError: the file is missing, truncated, not NIfTI, or not a 3-D volume.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+    problems = header_problems(path)  # before any voxel is read: no allocation from a bad header
+    if problems:
+        raise ImageReadError("\n".join(problems))
     try:
         volume = LoadImage(reader="NibabelReader", image_only=True, ensure_channel_first=True)(str(path))
     except Exception as error:  # nibabel/gzip/MONAI raise many types for bad files
         raise ImageReadError(
-            f"{path}: cannot read as a NIfTI volume ({type(error).__name__}: {error}). "
-            "Check that the file is a complete .nii or .nii.gz (re-copy or re-export it)."
-        ) from error
+            f"{path}: the voxel data cannot be read ({type(error).__name__}: {error}); "
+            "the file is truncated or corrupt: re-copy or re-export it"
+        ) from None
     if volume.ndim != 4 or volume.shape[0] != 1:
         raise ImageReadError(f"{path}: expected a single 3-D volume, got array shape {tuple(volume.shape)}")
     if not torch.isfinite(volume).all():
@@ -197,22 +199,28 @@ def preprocess(
         ``[1, *config.shape]`` float32 MetaTensor in [0, 1] whose ``affine`` maps voxels to world mm.
 
     Raises:
-        ImageReadError: an input file cannot be read, or the mask does not match the image.
+        ImageReadError: an input file cannot be read, is implausible (see
+            :mod:`brainage_core.scan_checks`), is constant, or its mask is empty or on another grid.
     """
     pixdim = (config.spacing,) * 3
-    image = Spacing(pixdim=pixdim, mode="bilinear", padding_mode="zeros")(load_volume(image_path))
-    if mask_path is not None and config.use_mask:
-        mask = load_volume(mask_path)
-        mask = Spacing(pixdim=pixdim, mode="nearest", padding_mode="zeros")(mask)
-        if mask.shape != image.shape or not np.allclose(mask.affine, image.affine, atol=1e-3):
-            raise ImageReadError(
-                f"{mask_path}: mask grid {tuple(mask.shape[1:])} does not match image {image_path} "
-                f"grid {tuple(image.shape[1:])}; masks must be on the image's voxel grid"
-            )
+    use_mask = mask_path is not None and config.use_mask
+    problems = scan_problems(image_path, mask_path if use_mask else None, read_data=False, spacing=config.spacing)
+    if problems:
+        raise ImageReadError("\n".join(problems))
+    raw = load_volume(image_path)
+    if float(raw.max()) == float(raw.min()):
+        raise ImageReadError(f"{image_path}: the image is constant (every voxel is {float(raw.min()):g}); not a scan")
+    image = Spacing(pixdim=pixdim, mode="bilinear", padding_mode="zeros")(raw)
+    if use_mask:
+        mask = Spacing(pixdim=pixdim, mode="nearest", padding_mode="zeros")(load_volume(mask_path))
         foreground = mask > 0.5
+        if not bool(foreground.any()):
+            raise ImageReadError(f"{mask_path}: the mask is empty (no voxel > 0); give the brain mask of scan {image_path}")
         image = image * foreground
     else:
         foreground = image > 0
+        if not bool(foreground.any()):
+            raise ImageReadError(f"{image_path}: no voxel is above 0, so there is no foreground to normalise; give a brain mask")
     if config.crop_foreground:
         start, end = generate_spatial_bounding_box(foreground, select_fn=lambda x: x > 0)
         crop = SpatialCrop(roi_start=start, roi_end=end)
@@ -274,6 +282,18 @@ class VolumeCache:
     def path_for(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.npz"
 
+    @staticmethod
+    def _read_entry(entry: Path, config: PreprocessConfig) -> MetaTensor | None:
+        """A cached volume, or ``None`` when the entry is unreadable or malformed (then rewritten)."""
+        try:
+            with np.load(entry) as stored:
+                volume, affine = stored["volume"], stored["affine"]
+        except Exception:  # truncated or corrupt .npz: zipfile, zlib, pickle and value errors
+            return None
+        if volume.shape != (1, *config.shape) or affine.shape != (4, 4) or not np.all(np.isfinite(volume)):
+            return None
+        return MetaTensor(torch.from_numpy(volume.astype(np.float32)), affine=torch.from_numpy(affine))
+
     def load(
         self, image_path: str | os.PathLike[str], config: PreprocessConfig, mask_path: str | os.PathLike[str] | None = None
     ) -> MetaTensor:
@@ -284,9 +304,10 @@ class VolumeCache:
         """
         entry = self.path_for(self.key(image_path, config, mask_path))
         if entry.is_file():
-            with np.load(entry) as stored:
+            cached = self._read_entry(entry, config)
+            if cached is not None:
                 self.hits += 1
-                return MetaTensor(torch.from_numpy(stored["volume"].astype(np.float32)), affine=torch.from_numpy(stored["affine"]))
+                return cached
         volume = preprocess(image_path, config, mask_path)
         with atomic_path(entry, suffix=".npz") as temp:
             np.savez(temp, volume=volume.numpy().astype(np.float16), affine=np.asarray(volume.affine, dtype=np.float64))

@@ -25,6 +25,7 @@ serves as the ground truth for tests and benchmarks.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "SupConLoss",
     "YAwareLoss",
     "build_loss",
+    "loss_parameters",
     "rnc_loss_loop",
 ]
 
@@ -618,6 +620,27 @@ class RegressionLoss(nn.Module):
 # --------------------------------------------------------------------------- #
 # Factory
 # --------------------------------------------------------------------------- #
+_CONTRASTIVE_CLASSES: dict[str, type[nn.Module]] = {
+    "rnc": RnCLoss,
+    "ntxent": NTXentLoss,
+    "supcon": SupConLoss,
+    "yaware": YAwareLoss,
+}
+
+
+def loss_parameters(name: str) -> tuple[str, ...]:
+    """The keyword arguments loss ``name`` accepts in ``loss.params`` (empty for regression).
+
+    Raises:
+        ValueError: If ``name`` is unknown.
+    """
+    if name in _CONTRASTIVE_CLASSES:
+        return tuple(p for p in inspect.signature(_CONTRASTIVE_CLASSES[name]).parameters if p != "self")
+    if name in REGRESSION_LOSSES:
+        return ()
+    raise ValueError(f"unknown loss {name!r}; valid names are {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}")
+
+
 def build_loss(name: str, **kwargs: Any) -> nn.Module:
     """Build a loss by name.
 
@@ -631,19 +654,11 @@ def build_loss(name: str, **kwargs: Any) -> nn.Module:
         The loss module.
 
     Raises:
-        ValueError: If ``name`` is unknown.
+        ValueError: If ``name`` is unknown or a keyword is not one of its parameters.
     """
-    contrastive: dict[str, type[nn.Module]] = {
-        "rnc": RnCLoss,
-        "ntxent": NTXentLoss,
-        "supcon": SupConLoss,
-        "yaware": YAwareLoss,
-    }
-    if name in contrastive:
-        return contrastive[name](**kwargs)
-    if name in REGRESSION_LOSSES:
-        return RegressionLoss(kind=name, **kwargs)
-    raise ValueError(
-        f"unknown loss {name!r}; valid names are {CONTRASTIVE_LOSSES + REGRESSION_LOSSES} "
-        f"(contrastive: {CONTRASTIVE_LOSSES}, regression: {REGRESSION_LOSSES})"
-    )
+    unknown = sorted(set(kwargs) - set(loss_parameters(name)))
+    if unknown:
+        raise ValueError(f"loss {name!r} has no parameter(s) {unknown}; its parameters: {list(loss_parameters(name))}")
+    if name in _CONTRASTIVE_CLASSES:
+        return _CONTRASTIVE_CLASSES[name](**kwargs)
+    return RegressionLoss(kind=name)

@@ -11,6 +11,7 @@ of the file). ``data_manifests/schema.md`` documents every column.
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from brainage_core.fileio import atomic_path
+from brainage_core.scan_checks import data_problems, grid_problems, header_problems
 
 __all__ = [
     "REQUIRED_COLUMNS",
@@ -35,6 +37,7 @@ __all__ = [
     "validate_frame",
     "read_manifest",
     "write_manifest",
+    "manifest_folder",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "image", "age", "sex", "group")
@@ -64,7 +67,7 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {
 }
 CDR_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)  # Clinical Dementia Rating (global)
 PATH_COLUMNS: tuple[str, ...] = ("image", "mask", "effect_map", "labels")
-IMAGE_CHECKS: tuple[str, ...] = ("none", "exists", "header")
+IMAGE_CHECKS: tuple[str, ...] = ("none", "exists", "header", "data")
 
 
 @dataclass(frozen=True)
@@ -113,18 +116,30 @@ def _is_blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
 
 
-def _check_file(path: Path, check: str) -> str | None:
-    """Return a problem message for an image file, or ``None`` when it passes ``check``."""
+def _check_file(path: Path, check: str, is_mask: bool = False) -> list[str]:
+    """Problem messages for an image or mask file at the ``check`` level (see :data:`IMAGE_CHECKS`).
+
+    ``header`` and ``data`` run :mod:`brainage_core.scan_checks`, the same checks the loaders run.
+    """
     if check == "none":
-        return None
+        return []
     if not path.is_file():
-        return f"file not found: {path} (paths are relative to the manifest's folder)"
-    if check == "header":
-        try:
-            nib.load(path)
-        except Exception as error:  # nibabel raises several types for unreadable files
-            return f"not a readable NIfTI image: {path} ({type(error).__name__}: {error})"
-    return None
+        return [f"file not found: {path} (paths are relative to the manifest's folder)"]
+    if check == "exists":
+        return []
+    problems = header_problems(path)
+    if check == "data" and not problems:
+        problems = data_problems(path, is_mask=is_mask)
+    return problems
+
+
+def manifest_folder(path: str | os.PathLike[str]) -> Path:
+    """The folder that a manifest's relative paths are resolved against.
+
+    The folder of the manifest *file* (symbolic links followed): a manifest linked from
+    elsewhere still finds the images written beside it. Validation and every loader use this.
+    """
+    return Path(path).expanduser().resolve().parent
 
 
 def _numeric(frame: pd.DataFrame, column: str, problems: list[ManifestProblem]) -> pd.Series:
@@ -146,8 +161,9 @@ def validate_frame(
     Args:
         frame: the manifest, one row per scan, columns as read from the CSV (``dtype=str``).
         base_dir: folder that relative image and mask paths are resolved against.
-        check_images: ``"header"`` opens each image's NIfTI header, ``"exists"`` only checks
-            the file exists, ``"none"`` skips file checks.
+        check_images: ``"data"`` runs every check the loaders run (header, voxel data: truncation,
+            NaN/Inf, constant image, empty mask; mask on the image's grid), ``"header"`` the
+            header checks only, ``"exists"`` only checks the files exist, ``"none"`` skips files.
 
     Returns:
         The problems, in row order; empty when the manifest is valid.
@@ -156,6 +172,8 @@ def validate_frame(
         raise ValueError(f"check_images must be one of {IMAGE_CHECKS}, got {check_images!r}")
     base_dir = Path(base_dir)
     problems: list[ManifestProblem] = []
+    if len(frame) == 0:
+        problems.append(ManifestProblem(None, None, "the manifest has a header but no rows: add one row per scan"))
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     for column in missing:
         problems.append(ManifestProblem(None, column, "required column is missing"))
@@ -191,10 +209,17 @@ def validate_frame(
                     problems.append(ManifestProblem(index + 1, column, "image path is missing"))
                 continue
             # Effect maps and label images are auxiliary outputs, checked for existence only.
-            check = "exists" if column in ("effect_map", "labels") and check_images == "header" else check_images
-            message = _check_file(_resolve(str(value).strip(), base_dir), check)
-            if message:
+            check = "exists" if column in ("effect_map", "labels") and check_images != "none" else check_images
+            for message in _check_file(_resolve(str(value).strip(), base_dir), check, is_mask=column == "mask"):
                 problems.append(ManifestProblem(index + 1, column, message))
+    if {"image", "mask"} <= present and check_images in ("header", "data"):
+        for index, (image, mask) in enumerate(zip(frame["image"], frame["mask"])):
+            if _is_blank(image) or _is_blank(mask):
+                continue
+            image_path, mask_path = _resolve(str(image).strip(), base_dir), _resolve(str(mask).strip(), base_dir)
+            if not header_problems(image_path) and not header_problems(mask_path):
+                for message in grid_problems(image_path, mask_path):
+                    problems.append(ManifestProblem(index + 1, "mask", message))
     if {"subject_id", "image"} <= present:
         first_row: dict[tuple[str, str], int] = {}
         for index, key in enumerate(zip(frame["subject_id"], frame["image"])):
@@ -256,11 +281,37 @@ def _split_leakage(frame: pd.DataFrame) -> list[ManifestProblem]:
     return problems
 
 
+def _check_given(path: str | os.PathLike[str] | None) -> Path:
+    if path is None or str(path).strip() in ("", "None"):
+        raise ValueError("no manifest given: set data.manifest (e.g. --set data.manifest=path/to/manifest.csv)")
+    return Path(path).expanduser()
+
+
 def _read_raw(path: Path) -> pd.DataFrame:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the manifest CSV file inside it (e.g. {path / 'manifest.csv'})")
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            header_line = stream.readline()
+    except UnicodeDecodeError as error:
+        raise ManifestError(path, [ManifestProblem(None, None, f"not a UTF-8 text CSV file ({error})")]) from error
+    header = next(csv.reader([header_line]), [])
+    problems = []
+    if len(header) <= 1:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs")):
+            if separator in header_line:
+                problems.append(ManifestProblem(None, None, f"the header is separated by {name}, not commas: save the manifest as a comma-separated CSV"))
+                break
+    names = [column.strip() for column in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    for name in repeated:
+        problems.append(ManifestProblem(None, name, f"column appears {names.count(name)} times in the header; keep one"))
+    if problems:
+        raise ManifestError(path, problems)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise ManifestError(path, [ManifestProblem(None, None, f"not a readable CSV file ({error})")]) from error
     frame.columns = [str(column).strip() for column in frame.columns]
@@ -274,12 +325,12 @@ def validate_manifest(path: str | os.PathLike[str], check_images: str = "header"
         path: the manifest CSV.
         check_images: see :func:`validate_frame`.
     """
-    path = Path(path)
+    path = _check_given(path)
     try:
         frame = _read_raw(path)
     except ManifestError as error:
         return error.problems
-    return validate_frame(frame, path.parent, check_images=check_images)
+    return validate_frame(frame, manifest_folder(path), check_images=check_images)
 
 
 def read_manifest(path: str | os.PathLike[str], check_images: str = "header") -> pd.DataFrame:
@@ -297,9 +348,9 @@ def read_manifest(path: str | os.PathLike[str], check_images: str = "header") ->
         FileNotFoundError: the manifest file does not exist.
         ManifestError: the manifest has problems (all of them are listed).
     """
-    path = Path(path).resolve()
+    path = _check_given(path).resolve()
     frame = _read_raw(path)
-    problems = validate_frame(frame, path.parent, check_images=check_images)
+    problems = validate_frame(frame, manifest_folder(path), check_images=check_images)
     if problems:
         raise ManifestError(path, problems)
     for column in ("age", "true_gap", *SCORE_RANGES, "cdr"):
@@ -309,7 +360,7 @@ def read_manifest(path: str | os.PathLike[str], check_images: str = "header") ->
         frame["fold"] = pd.to_numeric(frame["fold"], errors="coerce").astype("Int64")
     for column in (c for c in PATH_COLUMNS if c in frame.columns):
         frame[column] = [
-            str(_resolve(value, path.parent)) if not _is_blank(value) else "" for value in frame[column]
+            str(_resolve(value, manifest_folder(path))) if not _is_blank(value) else "" for value in frame[column]
         ]
     frame.attrs["manifest_path"] = str(path)
     return frame

@@ -34,6 +34,7 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import read_manifest
+from brainage_core.ownership import claim
 
 __all__ = [
     "HEALTHY_GROUP",
@@ -516,6 +517,7 @@ def evaluate_run(
         "notes": notes,
     }
     report = _json_safe(report)
+    claim(run_dir, ["predictions_corrected.csv", "metrics.json"])
     with atomic_path(run_dir / "predictions_corrected.csv", suffix=".csv") as temp:
         corrected.to_csv(temp, index=False)
     write_json(run_dir / "metrics.json", report)

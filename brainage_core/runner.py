@@ -25,7 +25,9 @@ A run's cache
 key hashes its notebook, resolved parameters, the keys of the runs it depends on, any input
 file named in its parameters, and the ``brainage_core`` sources; a run whose key is unchanged
 and whose executed notebook exists is skipped. Failed runs do not stop the others (their
-dependents are skipped); all failures are reported at the end.
+dependents are skipped); all failures are reported at the end, and a failed run's previous
+executed notebook is removed so the book never renders a stale chapter. Each cell may run at most
+``cell_timeout`` seconds (per run or per profile in ``runs.yml``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from typing import Any
 import yaml
 
 from brainage_core.fileio import atomic_path, write_json
+from brainage_core.ownership import claim, clear_owned_folder
 
 __all__ = ["RunSpec", "RunOutcome", "load_runs", "run_book", "build_book", "book_output_dir", "PROFILES"]
 
@@ -54,6 +57,7 @@ PROFILES = ("smoke", "default", "full")
 BOOK_FILES = ("_config.yml", "_toc.yml")
 BOOK_DIR = "book"
 OUTPUT_DIR = "_book_runs"
+DEFAULT_CELL_TIMEOUT_S = 3600.0
 WORK_PATTERN = re.compile(r"\{work:([A-Za-z0-9_.-]+)\}")
 
 
@@ -69,6 +73,9 @@ class RunSpec:
         chapter: whether the executed notebook is the book's chapter for ``notebook``.
         own: names of the parameters the run sets itself (not from the profile); the notebook
             must declare each of them, so a misspelt name fails instead of being ignored.
+        cell_timeout: seconds any one cell may run before the run fails (papermill's
+            ``execution_timeout``): ``cell_timeout`` of the run, else of the profile, else
+            :data:`DEFAULT_CELL_TIMEOUT_S`.
     """
 
     name: str
@@ -77,6 +84,7 @@ class RunSpec:
     needs: list[str] = field(default_factory=list)
     chapter: bool = False
     own: list[str] = field(default_factory=list)
+    cell_timeout: float = 0.0
 
 
 @dataclass
@@ -172,7 +180,10 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
             if isinstance(chapter, dict):  # the chapter is the expansion with these matrix values
                 chapter = all(variables.get(axis) == value for axis, value in chapter.items())
             own = sorted(entry.get("parameters", {}) or {})
-            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter), own))
+            timeout = float(entry.get("cell_timeout", settings.get("cell_timeout", DEFAULT_CELL_TIMEOUT_S)))
+            if not timeout > 0:
+                raise ValueError(f"{runs_file}: run {entry['name']!r}: cell_timeout must be > 0 seconds, got {timeout:g}")
+            runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter), own, timeout))
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -267,6 +278,7 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
             cwd=str(notebook.parent),
             progress_bar=False,
             log_output=False,
+            execution_timeout=run.cell_timeout,
         )
     print(f"[book] {run.name}: done", file=log, flush=True)
 
@@ -346,6 +358,11 @@ def run_book(
                     outcomes[run.name] = RunOutcome(run.name, "executed", seconds)
                 else:
                     (output / "keys" / f"{run.name}.json").unlink(missing_ok=True)
+                    # The previous executed copy no longer matches the sources: never render it.
+                    stale = output / "notebooks" / f"{run.name}.ipynb"
+                    if stale.is_file():
+                        stale.unlink()
+                        print(f"[book] {run.name}: removed its previous executed notebook (stale after this failure)", file=log, flush=True)
                     message = str(error).strip().splitlines()
                     outcomes[run.name] = RunOutcome(run.name, "failed", seconds, "\n".join(message[-15:]))
                     print(f"[book] {run.name}: FAILED after {seconds:.0f} s", file=log, flush=True)
@@ -384,12 +401,12 @@ def build_book(root: Path, profile: str | None = None, builder: str = "html") ->
         if not (root / name).is_file():
             raise FileNotFoundError(f"{root / name} not found: run from the repository root or pass --root")
     stage = root / "_build" / "source"
-    if stage.exists():
-        shutil.rmtree(stage)
+    clear_owned_folder(stage, "the book's staging copy")
     stage.mkdir(parents=True)
     for name in BOOK_FILES:
         shutil.copy2(root / name, stage / name)
     shutil.copytree(root / BOOK_DIR, stage / BOOK_DIR, ignore=shutil.ignore_patterns("_*", ".ipynb_checkpoints"))
+    claim(stage, [path for path in stage.rglob("*") if path.is_file()])
     if profile is not None:
         output = book_output_dir(root, profile)
         for run in load_runs(root / BOOK_DIR / "runs.yml", profile, root):
@@ -397,7 +414,10 @@ def build_book(root: Path, profile: str | None = None, builder: str = "html") ->
                 continue
             executed = output / "notebooks" / f"{run.name}.ipynb"
             if not executed.is_file():
-                raise FileNotFoundError(f"chapter {run.notebook} has no executed copy ({executed}); run: brainage book run --profile {profile}")
+                raise FileNotFoundError(
+                    f"chapter {run.notebook} has no executed copy ({executed}): its last run failed or never ran; "
+                    f"fix it and run: brainage book run --profile {profile}"
+                )
             shutil.copy2(executed, stage / run.notebook)
     command = [
         str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),

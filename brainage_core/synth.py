@@ -25,9 +25,10 @@ Files (``generate_cohort``): ``images/sub-XXXX_T1w.nii.gz`` (int16, WM about 100
 ``masks/sub-XXXX_mask.nii.gz``, ``effects/sub-XXXX_effect.nii.gz`` (uint8 with slope 1/250:
 |change| relative to WM intensity), ``ground_truth.csv``, ``cohort.json``, and last
 ``manifest.csv``. A rerun into the same folder returns the existing cohort when its
-``cohort.json`` and manifest match the request, regenerates a folder that only holds
-synthetic-cohort files otherwise (deleting its manifest first), and refuses a folder holding
-anything else.
+``cohort.json`` and manifest match the request, regenerates a folder that only holds files
+brainage wrote otherwise (deleting its manifest first), and refuses a folder holding anything
+else, anywhere below it. Every file is recorded in ``.brainage-owned.json`` before it is written
+(:mod:`brainage_core.ownership`); only recorded files are ever deleted.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ from scipy.special import expit
 from tqdm import tqdm
 
 from brainage_core import __version__
-from brainage_core.fileio import TEMP_PREFIX, atomic_path, write_json
+from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import validate_manifest, write_manifest
+from brainage_core.ownership import claim, refuse_foreign_files, remove_owned, remove_stale_temp_files
 from brainage_core.synth_config import SubjectParams, SynthConfig, aging_targets, assign_splits, sample_subjects
 
 __all__ = [
@@ -107,7 +109,7 @@ _SUBJECT_DIRS = {
     "mask": ("masks", "_mask.nii.gz"),
     "effect_map": ("effects", "_effect.nii.gz"),
 }
-_OWN_ENTRIES = {"images", "masks", "effects", "manifest.csv", "ground_truth.csv", "cohort.json"}
+_TOP_FILES = ("manifest.csv", "ground_truth.csv", "cohort.json")
 
 
 def template_dir() -> Path:
@@ -664,11 +666,13 @@ def _make_subject(task: tuple[SubjectParams, str]) -> dict[str, float]:
 def _existing_cohort(out_dir: Path, request: dict[str, Any]) -> bool:
     """True when ``out_dir`` holds a complete cohort for ``request``; otherwise clear the way.
 
-    A folder with only synthetic-cohort entries but no matching, valid manifest loses its
-    ``manifest.csv`` and ``cohort.json`` first (so no half-regenerated folder looks complete).
+    A folder holding only files this project wrote (its ownership record lists them) but no
+    matching, valid manifest loses its ``manifest.csv`` and ``cohort.json`` first (so no
+    half-regenerated folder looks complete).
 
     Raises:
-        FileExistsError: ``out_dir`` holds files that are not part of a synthetic cohort.
+        FileExistsError: ``out_dir`` holds files that brainage did not write (anywhere below it);
+            nothing is deleted.
     """
     if not out_dir.exists():
         return False
@@ -683,26 +687,20 @@ def _existing_cohort(out_dir: Path, request: dict[str, Any]) -> bool:
         matches = recorded is not None and {key: recorded.get(key) for key in request} == request
         if matches and not validate_manifest(manifest, check_images="exists"):
             return True
-    names = [path.name for path in out_dir.iterdir()]
-    foreign = sorted(name for name in names if name not in _OWN_ENTRIES and not name.startswith(TEMP_PREFIX))
-    if foreign:
-        raise FileExistsError(
-            f"{out_dir} is not empty and holds files that are not part of a synthetic cohort "
-            f"({', '.join(foreign[:5])}); choose an empty or new out_dir, or remove them"
-        )
-    manifest.unlink(missing_ok=True)
-    meta.unlink(missing_ok=True)
+    refuse_foreign_files(out_dir, "write a synthetic cohort")
+    remove_owned(out_dir, [name for name in ("manifest.csv", "cohort.json") if (out_dir / name).exists()])
     return False
 
 
 def _remove_stale(out_dir: Path, keep: set[Path]) -> None:
-    """Delete subject files and temporary files not belonging to the cohort just written."""
+    """Delete this project's subject files and temporary files not in the cohort just written."""
+    stale = []
     for folder, _ in _SUBJECT_DIRS.values():
         for path in (out_dir / folder).iterdir():
             if path not in keep:
-                path.unlink()
-    for path in out_dir.glob(TEMP_PREFIX + "*"):
-        path.unlink()
+                stale.append(path.relative_to(out_dir).as_posix())
+    remove_owned(out_dir, stale)
+    remove_stale_temp_files(out_dir)
 
 
 def _synthesize_all(
@@ -789,6 +787,8 @@ def generate_cohort(
 
     subjects = sample_subjects(int(n_subjects), int(seed), config)
     splits = assign_splits(subjects, config, int(seed))
+    # Record every file before writing it: an interrupted run leaves only provably own files.
+    claim(out_dir, [*_TOP_FILES, *(_subject_path(out_dir, s.subject_id, kind) for s in subjects for kind in _SUBJECT_DIRS)])
     tasks = [(subject, str(out_dir)) for subject in subjects]
     volumes = _synthesize_all(prepare_model(spacing, config), tasks, workers, progress)
     rows, truth = [], []

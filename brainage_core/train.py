@@ -43,12 +43,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from brainage_core import distributed
-from brainage_core.config import ProbeConfig, RunConfig, config_to_dict, load_config
+from brainage_core.config import ConfigError, ProbeConfig, RunConfig, config_problems, config_to_dict, load_config
 from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
 from brainage_core.fileio import atomic_path
 from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
 from brainage_core.manifest import read_manifest
 from brainage_core.models import BrainAgeModel, build_model
+from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
+from brainage_core.rundir import LOCK_FILES, RUN_FILES, CorruptFileError, config_differences, is_finished_run, load_torch_file, lock_run
 
 __all__ = [
     "train",
@@ -61,7 +63,6 @@ __all__ = [
     "RUN_FILES",
 ]
 
-RUN_FILES = ("config.yaml", "metrics.csv", "predictions.csv", "model.pt", "log.txt")
 LOGGER = logging.getLogger("brainage.train")
 
 
@@ -312,87 +313,169 @@ def _init_distributed(config: RunConfig) -> bool:
     return False
 
 
+def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> None:
+    """Refuse, before anything is written, a run directory that does not fit the request.
+
+    A new run needs a folder without a run in it; a resume needs a checkpoint and the same
+    resolved config as the one stored (every differing field is listed).
+    """
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir} exists and is not a folder; choose another --run-dir")
+    if not resume:
+        if checkpoint_path.exists() or (run_dir / "model.pt").exists() or (run_dir / "config.yaml").exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a run; resume it with: brainage train --run-dir {run_dir} --resume, or choose a new folder"
+            )
+        return
+    if not checkpoint_path.is_file():
+        finished = " (it holds a finished run)" if is_finished_run(run_dir) else ""
+        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist{finished}")
+    stored = load_config(run_dir / "config.yaml")
+    differences = config_differences(config_to_dict(stored), config_to_dict(config))
+    if differences:
+        raise ValueError(
+            f"cannot resume {run_dir} with another config; {len(differences)} field(s) differ (stored -> requested):\n"
+            + "\n".join(f"  - {line}" for line in differences)
+            + f"\nResume with the run's own config (brainage train --run-dir {run_dir} --resume), or train into a new --run-dir"
+        )
+
+
 def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = False, progress: bool = True) -> Path:
     """Train one model and write its run directory.
+
+    The run directory is locked for the whole training (:func:`~brainage_core.rundir.lock_run`).
+    A failure before the first epoch's checkpoint leaves no run behind (the folder is removed if
+    this call created it); a later failure is written to ``log.txt`` and the run can be resumed.
 
     Args:
         config: the run configuration (see :mod:`brainage_core.config`).
         run_dir: output folder; created if missing.
-        resume: continue from ``run_dir/checkpoint.pt`` (written after every epoch).
+        resume: continue from ``run_dir/checkpoint.pt`` (written after every epoch); ``config``
+            must equal the stored ``config.yaml``.
         progress: show tqdm progress bars.
 
     Returns:
         The run directory.
 
     Raises:
-        FileExistsError: ``run_dir`` already holds a finished or started run and ``resume`` is false.
-        ValueError: invalid configuration or data.
+        FileExistsError: ``run_dir`` already holds a run and ``resume`` is false.
+        RunLockedError: another process is training into ``run_dir``.
+        ValueError: invalid configuration or data, or a resume with a changed config.
     """
+    problems = config_problems(config)
+    if problems:
+        raise ConfigError(problems)
     run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoint.pt"
-    if not resume and (checkpoint_path.exists() or (run_dir / "model.pt").exists()):
-        raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) or choose a new folder")
-    if resume and not checkpoint_path.exists():
-        raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist")
+    if distributed.rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
+        _check_run_dir(config, run_dir, resume)
+    if not str(config.data.manifest).strip():
+        raise ValueError("data.manifest is not set: pass --set data.manifest=path/to/manifest.csv (or a --config file setting it)")
     started_distributed = _init_distributed(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if distributed.rank() != 0:  # only rank 0 writes (and locks) the run directory
+            return _train_locked(config, run_dir, resume, progress, created=False)
+        created = not run_dir.exists()
+        with lock_run(run_dir, command="train"):
+            _check_run_dir(config, run_dir, resume)  # again, now that no other process can write
+            return _train_locked(config, run_dir, resume, progress, created)
+    finally:
+        if started_distributed:
+            dist.destroy_process_group()
+
+
+def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool, created: bool) -> Path:
+    """The body of :func:`train`, run while holding the run directory's lock (rank 0)."""
+    checkpoint_path = run_dir / "checkpoint.pt"
+    is_main = distributed.rank() == 0
+    if is_main:
+        claim(run_dir, [*RUN_FILES, "checkpoint.pt"])
+        for stale in remove_stale_temp_files(run_dir):
+            LOGGER.info("removed %s, left by an interrupted write", stale.name)
     handler = _setup_logging(run_dir, distributed.rank())
+    trainer = None
     try:
         trainer = _Trainer(config, run_dir, progress)
-        is_main = trainer.rank == 0
-        if is_main:
+        if resume:
+            trainer.restore(load_torch_file(checkpoint_path, map_location=trainer.device))
+            LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
+        elif is_main:
             with atomic_path(run_dir / "config.yaml") as temp:
                 temp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-        if resume:
-            trainer.restore(torch.load(checkpoint_path, map_location=trainer.device, weights_only=False))
-            LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
         LOGGER.info(
             "loss=%s device=%s train=%d val=%d epochs=%d", config.loss.name, trainer.device, len(trainer.train_idx), len(trainer.val_idx), config.train.epochs
         )
         for epoch in range(trainer.start_epoch, config.train.epochs):
-            started = time.perf_counter()
-            train_loss = trainer.train_epoch(epoch)
-            train_mae, val_mae = trainer.evaluate()
-            improved = val_mae < trainer.best_mae
-            if improved:
-                trainer.best_mae = val_mae
-                trainer.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
-                trainer.epochs_without_improvement = 0
-            else:
-                trainer.epochs_without_improvement += 1
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_mae": train_mae,
-                "val_mae": val_mae,
-                "lr": trainer.scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - started,
-            }
-            trainer.history.append(row)
-            LOGGER.info("epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s", epoch + 1, train_loss, train_mae, val_mae, " *" if improved else "")
-            if progress and is_main:
-                tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}")
-            if is_main:
-                with atomic_path(checkpoint_path, suffix=".pt") as temp:
-                    torch.save(trainer.state(epoch), temp)
-            patience = config.train.patience
-            if patience is not None and trainer.epochs_without_improvement >= patience:
-                LOGGER.info("early stop: no better validation MAE for %d epochs", patience)
+            if _run_epoch(trainer, epoch, checkpoint_path, progress, is_main):
                 break
         if is_main:
             _write_outputs(trainer, run_dir)
+    except BaseException as error:
+        trained = checkpoint_path.is_file()
+        if trained:
+            LOGGER.error("stopped: %s: %s; resume with: brainage train --run-dir %s --resume", type(error).__name__, error, run_dir)
+        if handler is not None:
+            LOGGER.removeHandler(handler)
+            handler.close()
+            handler = None
+        if is_main and not trained and not resume:
+            _remove_untrained_run(run_dir, created)
+        raise
     finally:
         if handler is not None:
             LOGGER.removeHandler(handler)
             handler.close()
-        if started_distributed:
-            dist.destroy_process_group()
     return run_dir
 
 
+def _run_epoch(trainer: _Trainer, epoch: int, checkpoint_path: Path, progress: bool, is_main: bool) -> bool:
+    """Train and evaluate one epoch, checkpoint it; return whether early stopping ends the run."""
+    config = trainer.config
+    started = time.perf_counter()
+    train_loss = trainer.train_epoch(epoch)
+    train_mae, val_mae = trainer.evaluate()
+    improved = val_mae < trainer.best_mae
+    if improved:
+        trainer.best_mae = val_mae
+        trainer.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
+        trainer.epochs_without_improvement = 0
+    else:
+        trainer.epochs_without_improvement += 1
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "train_mae": train_mae,
+        "val_mae": val_mae,
+        "lr": trainer.scheduler.get_last_lr()[0],
+        "seconds": time.perf_counter() - started,
+    }
+    trainer.history.append(row)
+    LOGGER.info("epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s", epoch + 1, train_loss, train_mae, val_mae, " *" if improved else "")
+    if progress and is_main:
+        tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}")
+    if is_main:
+        with atomic_path(checkpoint_path, suffix=".pt") as temp:
+            torch.save(trainer.state(epoch), temp)
+    patience = config.train.patience
+    if patience is not None and trainer.epochs_without_improvement >= patience:
+        LOGGER.info("early stop: no better validation MAE for %d epochs", patience)
+        return True
+    return False
+
+
+def _remove_untrained_run(run_dir: Path, created: bool) -> None:
+    """Remove what a failed training wrote before its first checkpoint (only the project's files)."""
+    if created:
+        clear_owned_folder(run_dir, "a failed run")
+        return
+    remove_owned(run_dir, [*RUN_FILES, "checkpoint.pt", *LOCK_FILES])
+
+
 def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
+    if trainer.best_state is None:  # resumed after the last epoch was checkpointed
+        trainer.best_state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(trainer.best_state)
     with atomic_path(run_dir / "model.pt", suffix=".pt") as temp:
         torch.save(trainer.model.state_dict(), temp)
@@ -416,7 +499,14 @@ def load_run_model(run_dir: str | os.PathLike[str], device: str = "cpu") -> tupl
             raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} a finished run directory?")
     config = load_config(run_dir / "config.yaml")
     model = build_model(config.model)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location=device, weights_only=True))
+    state = load_torch_file(run_dir / "model.pt", map_location=device)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CorruptFileError(
+            f"{run_dir / 'model.pt'} does not hold the weights of the model its config.yaml describes "
+            f"({str(error).splitlines()[0]}); retrain the run"
+        ) from None
     return model.to(device).eval(), config
 
 
@@ -426,6 +516,8 @@ def predict(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], o
     Returns:
         The predictions (subject_id, age, group, ..., predicted_age, brain_age_gap).
     """
+    if Path(out).expanduser().resolve() == Path(manifest).expanduser().resolve():
+        raise ValueError(f"--out {out} is the manifest itself; write the predictions to another file")
     torch_device = resolve_device(device)
     model, config = load_run_model(run_dir, str(torch_device))
     frame = read_manifest(manifest)

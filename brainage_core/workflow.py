@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from brainage_core.config import RunConfig, config_to_dict, load_config
 from brainage_core.manifest import read_manifest
+from brainage_core.ownership import clear_owned_folder
+from brainage_core.rundir import is_finished_run
 
 __all__ = ["SMOKE", "smoke_mode", "smoke_paths", "ensure_cohort", "resolve_manifest", "make_config", "ensure_run", "is_finished_run"]
 
@@ -57,7 +58,9 @@ def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int
     """Return the manifest of a synthetic cohort in ``cohort_dir``, generating it if needed.
 
     An existing cohort is reused only if its ``cohort.json`` records the same size, seed and
-    spacing and its manifest is complete; otherwise the folder is regenerated.
+    spacing and its manifest is complete; otherwise the folder is regenerated, which replaces only
+    the cohort's own files and refuses a folder holding anything else (see
+    :func:`~brainage_core.synth.generate_cohort`).
     """
     from brainage_core.synth import generate_cohort
 
@@ -68,8 +71,6 @@ def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int
         recorded = json.loads(record.read_text())
         if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == (n_subjects, seed, float(spacing)):
             return manifest
-    if cohort_dir.exists():
-        shutil.rmtree(cohort_dir)
     return generate_cohort(cohort_dir, n_subjects=n_subjects, seed=seed, spacing=spacing, progress=progress)
 
 
@@ -133,17 +134,12 @@ def make_config(
     return config
 
 
-def is_finished_run(run_dir: str | os.PathLike[str]) -> bool:
-    """Whether ``run_dir`` holds a complete run (its selected model and predictions)."""
-    run_dir = Path(run_dir)
-    return (run_dir / "model.pt").is_file() and (run_dir / "predictions.csv").is_file()
-
-
 def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> Path:
     """Train ``config`` into ``run_dir`` unless that exact run is already there.
 
     A finished run with the same resolved config is reused; an interrupted one is resumed
-    from its checkpoint; a run made with a different config is replaced.
+    from its checkpoint; a run made with a different config is replaced, but only when the
+    folder holds nothing but files brainage wrote (otherwise a FileExistsError names them).
     """
     from brainage_core.train import train
 
@@ -156,5 +152,5 @@ def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: boo
                 return run_dir
             if (run_dir / "checkpoint.pt").is_file():
                 return train(config, run_dir, resume=True, progress=progress)
-        shutil.rmtree(run_dir)
+    clear_owned_folder(run_dir, "a run with another configuration")
     return train(config, run_dir, progress=progress)

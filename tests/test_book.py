@@ -134,3 +134,26 @@ def test_the_book_builds_from_smoke_runs() -> None:
     for notebook in NOTEBOOKS:
         page = (html / "book" / notebook.with_suffix(".html").name).read_text()
         assert "<img" in page, f"{notebook.name}: no figure rendered"
+
+
+def test_a_failed_rerun_removes_the_stale_chapter_and_says_so(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    executed = tmp_path / "_book_runs" / "p" / "notebooks" / "c.ipynb"
+    assert statuses(run_book(tmp_path, "p", only=["c"], log=io.StringIO())) == {"c": "executed"} and executed.is_file()
+    set_parameter(tmp_path, "c", "fail", True)
+    log = io.StringIO()
+    assert statuses(run_book(tmp_path, "p", only=["c"], log=log)) == {"c": "failed"}
+    assert not executed.exists(), "the previous executed copy would render as if it were current"
+    assert "c: removed its previous executed notebook" in log.getvalue()
+
+
+def test_a_cell_running_past_its_timeout_fails_the_run(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    (tmp_path / "book" / "c.ipynb").write_text((tmp_path / "book" / "c.ipynb").read_text().replace("assert not fail, 'told to fail'", "import time\\ntime.sleep(60)"))
+    runs = yaml.safe_load((tmp_path / "book" / "runs.yml").read_text())
+    next(r for r in runs["runs"] if r["name"] == "c")["cell_timeout"] = 3
+    (tmp_path / "book" / "runs.yml").write_text(yaml.safe_dump(runs))
+    assert load_runs(tmp_path / "book" / "runs.yml", "p", tmp_path)[-1].cell_timeout == 3
+    log = io.StringIO()
+    assert statuses(run_book(tmp_path, "p", only=["c"], log=log)) == {"c": "failed"}
+    assert "timed out" in log.getvalue().lower() or "timeout" in log.getvalue().lower(), log.getvalue()

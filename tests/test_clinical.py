@@ -196,7 +196,7 @@ def test_clinical_report_writes_tables_and_figures(tmp_path: Path) -> None:
     expected = {"gap_by_group.csv", "severity_associations.csv", "true_gap_recovery.json", "gap_by_group.png",
                 "gap_vs_mmse.png", "gap_vs_cdr.png", "gap_vs_updrs3.png", "gap_vs_hoehn_yahr.png"}
     assert set(report["files"]) == expected
-    assert {path.name for path in out.iterdir()} == expected  # no temporary files left behind
+    assert {path.name for path in out.iterdir()} == expected | {".brainage-owned.json"}  # no temporary files left behind
     assert pd.read_csv(out / "gap_by_group.csv")["group"].tolist() == ["CN", "AD", "PD"]
     assert len(pd.read_csv(out / "severity_associations.csv")) == 4
     recovery = json.loads((out / "true_gap_recovery.json").read_text())

@@ -137,7 +137,7 @@ def test_subject_sampling_is_realistic() -> None:
 
 def test_same_seed_gives_identical_files(cohorts: dict[str, Path]) -> None:
     first, second = _files(cohorts["two_workers"]), _files(cohorts["one_worker"])
-    assert len(first) == 3 * 6 + 3
+    assert len(first) == 3 * 6 + 3 + 1  # subject files, manifest, ground truth, cohort.json, ownership record
     assert first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
 
