@@ -268,7 +268,7 @@ def config_problems(config: RunConfig) -> list[str]:
     if not data.train_groups:
         problems.append("data.train_groups: must name at least one group (e.g. [CN])")
     augment = config.augment
-    for name in ("rotate_deg", "translate_vox", "scale", "intensity_shift", "intensity_scale", "bias_field", "noise_std"):
+    for name in ("translate_vox", "intensity_shift", "intensity_scale", "bias_field", "noise_std"):
         _check_range(problems, f"augment.{name}", getattr(augment, name), 0)
     _check_range(problems, "augment.rotate_deg", augment.rotate_deg, 0, 180)
     _check_range(problems, "augment.scale", augment.scale, 0, 0.5)

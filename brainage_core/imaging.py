@@ -37,7 +37,7 @@ from monai.transforms import (
 from monai.transforms.utils import generate_spatial_bounding_box
 
 from brainage_core.fileio import atomic_path, sha256_file
-from brainage_core.scan_checks import header_problems, scan_problems
+from brainage_core.scan_checks import header_problems, scan_problems, value_problems
 
 __all__ = [
     "ImageReadError",
@@ -208,14 +208,16 @@ def preprocess(
     if problems:
         raise ImageReadError("\n".join(problems))
     raw = load_volume(image_path)
-    if float(raw.max()) == float(raw.min()):
-        raise ImageReadError(f"{image_path}: the image is constant (every voxel is {float(raw.min()):g}); not a scan")
+    problems = value_problems(image_path, raw.numpy())
+    if problems:
+        raise ImageReadError("\n".join(problems))
     image = Spacing(pixdim=pixdim, mode="bilinear", padding_mode="zeros")(raw)
     if use_mask:
         mask = Spacing(pixdim=pixdim, mode="nearest", padding_mode="zeros")(load_volume(mask_path))
+        problems = value_problems(mask_path, (mask > 0.5).numpy(), is_mask=True)
+        if problems:
+            raise ImageReadError("\n".join(problems))
         foreground = mask > 0.5
-        if not bool(foreground.any()):
-            raise ImageReadError(f"{mask_path}: the mask is empty (no voxel > 0); give the brain mask of scan {image_path}")
         image = image * foreground
     else:
         foreground = image > 0

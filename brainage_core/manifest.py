@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -116,21 +115,24 @@ def _is_blank(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
 
 
-def _check_file(path: Path, check: str, is_mask: bool = False) -> list[str]:
+def _check_file(path: Path, check: str, is_mask: bool = False) -> tuple[list[str], bool]:
     """Problem messages for an image or mask file at the ``check`` level (see :data:`IMAGE_CHECKS`).
 
     ``header`` and ``data`` run :mod:`brainage_core.scan_checks`, the same checks the loaders run.
+
+    Returns:
+        The messages, and whether the file exists with a usable header (so its grid can be compared).
     """
     if check == "none":
-        return []
+        return [], False
     if not path.is_file():
-        return [f"file not found: {path} (paths are relative to the manifest's folder)"]
+        return [f"file not found: {path} (paths are relative to the manifest's folder)"], False
     if check == "exists":
-        return []
+        return [], False
     problems = header_problems(path)
-    if check == "data" and not problems:
-        problems = data_problems(path, is_mask=is_mask)
-    return problems
+    if problems:
+        return problems, False
+    return (data_problems(path, is_mask=is_mask) if check == "data" else []), True
 
 
 def manifest_folder(path: str | os.PathLike[str]) -> Path:
@@ -202,6 +204,7 @@ def validate_frame(
         for index, subject in enumerate(frame["subject_id"]):
             if _is_blank(subject):
                 problems.append(ManifestProblem(index + 1, "subject_id", "subject_id is missing"))
+    unreadable_rows: set[int] = set()  # rows whose image or mask header is unusable: no grid check
     for column in (c for c in PATH_COLUMNS if c in present):
         for index, value in enumerate(frame[column]):
             if _is_blank(value):
@@ -210,16 +213,16 @@ def validate_frame(
                 continue
             # Effect maps and label images are auxiliary outputs, checked for existence only.
             check = "exists" if column in ("effect_map", "labels") and check_images != "none" else check_images
-            for message in _check_file(_resolve(str(value).strip(), base_dir), check, is_mask=column == "mask"):
-                problems.append(ManifestProblem(index + 1, column, message))
+            messages, header_ok = _check_file(_resolve(str(value).strip(), base_dir), check, is_mask=column == "mask")
+            problems.extend(ManifestProblem(index + 1, column, message) for message in messages)
+            if column in ("image", "mask") and not header_ok:
+                unreadable_rows.add(index)
     if {"image", "mask"} <= present and check_images in ("header", "data"):
         for index, (image, mask) in enumerate(zip(frame["image"], frame["mask"])):
-            if _is_blank(image) or _is_blank(mask):
+            if _is_blank(image) or _is_blank(mask) or index in unreadable_rows:
                 continue
-            image_path, mask_path = _resolve(str(image).strip(), base_dir), _resolve(str(mask).strip(), base_dir)
-            if not header_problems(image_path) and not header_problems(mask_path):
-                for message in grid_problems(image_path, mask_path):
-                    problems.append(ManifestProblem(index + 1, "mask", message))
+            for message in grid_problems(_resolve(str(image).strip(), base_dir), _resolve(str(mask).strip(), base_dir)):
+                problems.append(ManifestProblem(index + 1, "mask", message))
     if {"subject_id", "image"} <= present:
         first_row: dict[tuple[str, str], int] = {}
         for index, key in enumerate(zip(frame["subject_id"], frame["image"])):

@@ -50,6 +50,11 @@ def owned_files(folder: str | os.PathLike[str]) -> set[str]:
     return {str(name) for name in names}
 
 
+def _write_record(folder: Path, names: set[str]) -> None:
+    with atomic_path(_record_path(folder)) as temp:
+        temp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
+
+
 def claim(folder: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]]) -> None:
     """Record ``paths`` (absolute or relative to ``folder``) as written by the project.
 
@@ -63,8 +68,7 @@ def claim(folder: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]
         path = Path(path)
         absolute = path if path.is_absolute() else base / path
         names.add(Path(os.path.relpath(absolute.resolve(), base)).as_posix())
-    with atomic_path(_record_path(folder)) as temp:
-        temp.write_text(json.dumps({"files": sorted(names)}, indent=1) + "\n")
+    _write_record(folder, names)
 
 
 def _is_own_temp(relative: str, owned: set[str]) -> bool:
@@ -122,8 +126,7 @@ def remove_owned(folder: str | os.PathLike[str], relative_paths: Iterable[str]) 
     if not remaining:
         _record_path(folder).unlink(missing_ok=True)
     elif remaining != owned:
-        with atomic_path(_record_path(folder)) as temp:
-            temp.write_text(json.dumps({"files": sorted(remaining)}, indent=1) + "\n")
+        _write_record(folder, remaining)
 
 
 def refuse_foreign_files(folder: str | os.PathLike[str], action: str) -> None:

@@ -23,7 +23,7 @@ __all__ = [
     "ZOOM_RANGE_MM",
     "MAX_EXTENT_MM",
     "header_problems",
-    "resampled_problems",
+    "value_problems",
     "data_problems",
     "grid_problems",
     "scan_problems",
@@ -49,10 +49,11 @@ def _load(path: Path) -> nib.Nifti1Image | str:
 
 def header_problems(path: str | os.PathLike[str]) -> list[str]:
     """Problems visible in the header alone: dimensions, voxel sizes, affine."""
-    path = Path(path)
-    image = _load(path)
-    if isinstance(image, str):
-        return [image]
+    image = _load(Path(path))
+    return [image] if isinstance(image, str) else _header_problems(Path(path), image)
+
+
+def _header_problems(path: Path, image: nib.Nifti1Image) -> list[str]:
     shape = tuple(int(s) for s in image.shape)
     problems = []
     if len(shape) == 4 and shape[3] != 1:
@@ -78,12 +79,8 @@ def header_problems(path: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-def resampled_problems(path: str | os.PathLike[str], spacing: float) -> list[str]:
+def _resampled_problems(path: Path, image: nib.Nifti1Image, spacing: float) -> list[str]:
     """Whether resampling to ``spacing`` mm would make a grid larger than :data:`MAX_VOXELS`."""
-    path = Path(path)
-    image = _load(path)
-    if isinstance(image, str):
-        return [image]
     zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
     voxels = float(np.prod(np.asarray(image.shape[:3]) * zooms / spacing))
     if not np.isfinite(voxels) or voxels > MAX_VOXELS:
@@ -91,16 +88,9 @@ def resampled_problems(path: str | os.PathLike[str], spacing: float) -> list[str
     return []
 
 
-def data_problems(path: str | os.PathLike[str], is_mask: bool = False) -> list[str]:
-    """Read the voxel data (after :func:`header_problems` passed) and check their values."""
-    path = Path(path)
-    image = _load(path)
-    if isinstance(image, str):
-        return [image]
-    try:
-        data = np.asanyarray(image.dataobj)
-    except Exception as error:  # gzip/zlib/EOF errors of truncated files, and others
-        return [f"{path}: the voxel data cannot be read ({type(error).__name__}: {error}); the file is truncated or corrupt: re-copy or re-export it"]
+def value_problems(path: str | os.PathLike[str], data: np.ndarray, is_mask: bool = False) -> list[str]:
+    """Problems of voxel values already in memory: NaN/Inf, a constant image, an empty mask."""
+    data = np.asarray(data)
     if np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
         return [f"{path}: contains NaN or infinite values; fix or re-export the image"]
     if is_mask:
@@ -113,11 +103,29 @@ def data_problems(path: str | os.PathLike[str], is_mask: bool = False) -> list[s
     return []
 
 
+def data_problems(path: str | os.PathLike[str], is_mask: bool = False) -> list[str]:
+    """Read the voxel data (after :func:`header_problems` passed) and check their values."""
+    image = _load(Path(path))
+    return [image] if isinstance(image, str) else _data_problems(Path(path), image, is_mask)
+
+
+def _data_problems(path: Path, image: nib.Nifti1Image, is_mask: bool) -> list[str]:
+    try:
+        data = np.asanyarray(image.dataobj)
+    except Exception as error:  # gzip/zlib/EOF errors of truncated files, and others
+        return [f"{path}: the voxel data cannot be read ({type(error).__name__}: {error}); the file is truncated or corrupt: re-copy or re-export it"]
+    return value_problems(path, data, is_mask)
+
+
 def grid_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str]) -> list[str]:
     """Whether the mask is on the image's voxel grid; the message says what differs."""
     image, mask = _load(Path(image_path)), _load(Path(mask_path))
     if isinstance(image, str) or isinstance(mask, str):
         return []
+    return _grid_problems(image_path, image, mask_path, mask)
+
+
+def _grid_problems(image_path: str | os.PathLike[str], image: nib.Nifti1Image, mask_path: str | os.PathLike[str], mask: nib.Nifti1Image) -> list[str]:
     problems = []
     if tuple(image.shape[:3]) != tuple(mask.shape[:3]):
         problems.append(f"{mask_path}: mask shape {tuple(mask.shape[:3])} differs from image {image_path} shape {tuple(image.shape[:3])}")
@@ -132,7 +140,7 @@ def grid_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLi
 
 
 def scan_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None = None, read_data: bool = True, spacing: float | None = None) -> list[str]:
-    """Every problem of a scan and its optional mask, cheapest checks first.
+    """Every problem of a scan and its optional mask, cheapest checks first; each file is opened once.
 
     Args:
         image_path: the T1 NIfTI.
@@ -143,17 +151,22 @@ def scan_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLi
     Returns:
         Messages, each starting with the file's path; empty when the scan is usable.
     """
-    problems = header_problems(image_path)
-    mask_header = header_problems(mask_path) if mask_path is not None else []
-    problems += mask_header
+    image_path = Path(image_path)
+    image = _load(image_path)
+    problems = [image] if isinstance(image, str) else _header_problems(image_path, image)
+    mask = None
+    if mask_path is not None:
+        mask_path = Path(mask_path)
+        mask = _load(mask_path)
+        problems += [mask] if isinstance(mask, str) else _header_problems(mask_path, mask)
     if problems:
         return problems
     if spacing is not None:
-        problems += resampled_problems(image_path, spacing)
-    if mask_path is not None:
-        problems += grid_problems(image_path, mask_path)
+        problems += _resampled_problems(image_path, image, spacing)
+    if mask is not None:
+        problems += _grid_problems(image_path, image, mask_path, mask)
     if read_data and not problems:
-        problems += data_problems(image_path)
-        if mask_path is not None:
-            problems += data_problems(mask_path, is_mask=True)
+        problems += _data_problems(image_path, image, is_mask=False)
+        if mask is not None:
+            problems += _data_problems(mask_path, mask, is_mask=True)
     return problems

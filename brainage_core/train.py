@@ -395,7 +395,7 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
         for stale in remove_stale_temp_files(run_dir):
             LOGGER.info("removed %s, left by an interrupted write", stale.name)
     handler = _setup_logging(run_dir, distributed.rank())
-    trainer = None
+    finished = False
     try:
         trainer = _Trainer(config, run_dir, progress)
         if resume:
@@ -412,21 +412,17 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
                 break
         if is_main:
             _write_outputs(trainer, run_dir)
+        finished = True
     except BaseException as error:
-        trained = checkpoint_path.is_file()
-        if trained:
+        if checkpoint_path.is_file():
             LOGGER.error("stopped: %s: %s; resume with: brainage train --run-dir %s --resume", type(error).__name__, error, run_dir)
-        if handler is not None:
-            LOGGER.removeHandler(handler)
-            handler.close()
-            handler = None
-        if is_main and not trained and not resume:
-            _remove_untrained_run(run_dir, created)
         raise
     finally:
         if handler is not None:
             LOGGER.removeHandler(handler)
             handler.close()
+        if not finished and is_main and not resume and not checkpoint_path.is_file():
+            _remove_untrained_run(run_dir, created)
     return run_dir
 
 

@@ -479,3 +479,15 @@ def test_only_the_ownership_module_deletes_files() -> None:
     assert offenders == []
     runner = ROOT.joinpath("brainage_core", "runner.py").read_text()
     assert "shutil.rmtree" not in runner
+
+
+def test_mask_grid_is_checked_when_the_manifest_has_auxiliary_columns(tmp_path: Path) -> None:
+    """Effect maps are only checked for existence; that must not switch off the row's mask-grid check."""
+    from brainage_core.manifest import validate_manifest
+
+    _image((16, 16, 16))(tmp_path / "i.nii.gz")
+    write_nifti(tmp_path / "m.nii.gz", np.ones((16, 16, 16), np.uint8), np.diag([2.0, 4.0, 4.0, 1.0]))
+    write_nifti(tmp_path / "e.nii.gz", np.ones((16, 16, 16), np.uint8), AFFINE)
+    row = {"subject_id": "a", "image": "i.nii.gz", "mask": "m.nii.gz", "effect_map": "e.nii.gz", "age": 50, "sex": "M", "group": "CN"}
+    pd.DataFrame([row]).to_csv(tmp_path / "m.csv", index=False)
+    assert [p.column for p in validate_manifest(tmp_path / "m.csv")] == ["mask"]
