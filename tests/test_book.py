@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import nbformat
@@ -134,6 +135,10 @@ def test_the_book_builds_from_smoke_runs() -> None:
     for notebook in NOTEBOOKS:
         page = (html / "book" / notebook.with_suffix(".html").name).read_text()
         assert "<img" in page, f"{notebook.name}: no figure rendered"
+    remote = sorted({f"{page.name}: {src}" for page in html.rglob("*.html") for src in re.findall(r'<script[^>]*\bsrc="((?:https?:)?//[^"]+)"', page.read_text())})
+    assert remote == [], "the book must render offline; remote scripts: " + ", ".join(remote[:5])
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is bundled with the book"
+    assert 'src="../_static/mathjax/tex-chtml.js' in (html / "book" / "rnc_loss.html").read_text(), "formula pages load the bundled MathJax"
 
 
 def test_a_failed_rerun_removes_the_stale_chapter_and_says_so(tmp_path: Path) -> None:
