@@ -30,7 +30,14 @@ from brainage_core.losses import CONTRASTIVE_LOSSES, RnCLoss, build_loss, rnc_lo
 from brainage_core.models import build_model
 from brainage_core.train import resolve_device
 
-__all__ = ["machine_description", "bench_rnc_loss", "bench_training_throughput", "bench_augmentation", "peak_rss_mb", "run_benchmarks"]
+__all__ = [
+    "bench_augmentation",
+    "bench_rnc_loss",
+    "bench_training_throughput",
+    "machine_description",
+    "peak_rss_mb",
+    "run_benchmarks",
+]
 
 
 def machine_description(device: torch.device) -> dict[str, Any]:
@@ -38,7 +45,9 @@ def machine_description(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
         cpu = names[0] if names else cpu
     description = {
         "cpu": cpu,
@@ -223,7 +232,10 @@ def bench_training_throughput(
                 projections = model(views.flatten(0, 1), project=True)  # projections: [B * V, P]
                 loss = loss_fn(projections.float().view(len(batch_ages), n_views, -1), batch_ages)
             else:
-                loss = loss_fn((model(views).float() - model.age_mean) / model.age_std, (batch_ages - model.age_mean) / model.age_std)
+                loss = loss_fn(
+                    (model(views).float() - model.age_mean) / model.age_std,
+                    (batch_ages - model.age_mean) / model.age_std,
+                )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -243,7 +255,9 @@ def bench_training_throughput(
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=(steps + warmup_steps) * batch_size),
+        sampler=torch.utils.data.RandomSampler(
+            dataset, replacement=True, num_samples=(steps + warmup_steps) * batch_size
+        ),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
@@ -265,7 +279,9 @@ def bench_training_throughput(
     }
 
 
-def bench_augmentation(augment: AugmentConfig, shape: Sequence[int], repeats: int = 20, seed: int = 0) -> list[dict[str, Any]]:
+def bench_augmentation(
+    augment: AugmentConfig, shape: Sequence[int], repeats: int = 20, seed: int = 0
+) -> list[dict[str, Any]]:
     """Milliseconds per view of each augmentation transform, on one CPU volume of ``shape``.
 
     Explains the data pipeline's overhead measured by :func:`bench_training_throughput`: the
@@ -294,7 +310,9 @@ def bench_augmentation(augment: AugmentConfig, shape: Sequence[int], repeats: in
             times.append(time.perf_counter() - started)
         return 1000 * statistics.median(times)
 
-    rows = [{"transform": type(transform).__name__, "ms_per_view": median_ms(transform)} for transform in chain.transforms]
+    rows = [
+        {"transform": type(transform).__name__, "ms_per_view": median_ms(transform)} for transform in chain.transforms
+    ]
     rows.append({"transform": "total", "ms_per_view": median_ms(chain)})
     return rows
 
@@ -319,11 +337,16 @@ def run_benchmarks(
     device = resolve_device(config.device)
     batch_sizes = (32, 64, 128) if quick else (32, 64, 128, 256, 512, 1024)
     loss_rows = bench_rnc_loss(
-        batch_sizes=batch_sizes, repeats=1 if quick else 3, loop_max_batch=min(128 if quick else 1024, loop_max_batch), device=str(device)
+        batch_sizes=batch_sizes,
+        repeats=1 if quick else 3,
+        loop_max_batch=min(128 if quick else 1024, loop_max_batch),
+        device=str(device),
     )
     steps = 2 if quick else 8
     throughput = [
-        bench_training_throughput(replace(config, loss=replace(config.loss, name=name)), steps=steps, n_subjects=4 * config.train.batch_size)
+        bench_training_throughput(
+            replace(config, loss=replace(config.loss, name=name)), steps=steps, n_subjects=4 * config.train.batch_size
+        )
         for name in ("rnc", "mse")
     ]
     augmentation = bench_augmentation(config.augment, config.data.shape, repeats=3 if quick else 20)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 EXIT_RUN_FAILED = 1
 EXIT_INVALID_INPUT = 2
@@ -37,7 +37,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from brainage_core.synth import SynthConfig, generate_cohort
+    from brainage_core.cohorts.synthetic import SynthConfig, generate_cohort
 
     config = SynthConfig.from_yaml(args.config) if args.config else SynthConfig()
     manifest = generate_cohort(
@@ -54,7 +54,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_ixi(args: argparse.Namespace) -> int:
-    from brainage_core.ixi import import_ixi
+    from brainage_core.cohorts.ixi import import_ixi
 
     report = import_ixi(
         args.t1_dir,
@@ -86,7 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         if (args.run_dir / "checkpoint.pt").is_file():
-            print(f"\nbrainage train: interrupted; resume with: brainage train --run-dir {args.run_dir} --resume", file=sys.stderr)
+            print(
+                f"\nbrainage train: interrupted; resume with: brainage train --run-dir {args.run_dir} --resume",
+                file=sys.stderr,
+            )
         else:
             print("\nbrainage train: interrupted before the first epoch finished; nothing was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -126,19 +129,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from brainage_core.metrics import evaluate_run
+    from brainage_core.analysis.metrics import evaluate_run
 
-    report = evaluate_run(args.run_dir, controls_manifest=args.controls_manifest, method=args.method, n_boot=args.n_boot, seed=args.seed)
-    summary = {name: {k: report[name][k] for k in ("mae", "r2", "pearson_r") if k in report[name]} for name in ("raw", "corrected")}
+    report = evaluate_run(
+        args.run_dir, controls_manifest=args.controls_manifest, method=args.method, n_boot=args.n_boot, seed=args.seed
+    )
+    summary = {
+        name: {k: report[name][k] for k in ("mae", "r2", "pearson_r") if k in report[name]}
+        for name in ("raw", "corrected")
+    }
     print(json.dumps(summary, indent=2))
     print(f"wrote {Path(args.run_dir) / 'metrics.json'}")
     return 0
 
 
 def _cmd_clinical(args: argparse.Namespace) -> int:
-    from brainage_core.clinical import clinical_report
+    from brainage_core.analysis.clinical import clinical_report
 
-    report = clinical_report(args.run_dir, out_dir=args.out_dir, method=args.method, controls_manifest=args.controls_manifest)
+    report = clinical_report(
+        args.run_dir, out_dir=args.out_dir, method=args.method, controls_manifest=args.controls_manifest
+    )
     print(f"wrote {len(report['files'])} files to {report['out_dir']}")
     return 0
 
@@ -146,7 +156,7 @@ def _cmd_clinical(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     import json
 
-    from brainage_core.interpret import DEFAULT_LAYER, explain_run
+    from brainage_core.analysis.interpret import DEFAULT_LAYER, explain_run
 
     summary = explain_run(
         args.run_dir,
@@ -166,14 +176,14 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_book_run(args: argparse.Namespace) -> int:
-    from brainage_core.runner import run_book
+    from brainage_core.book.runner import run_book
 
     outcomes = run_book(Path(args.root), args.profile, only=args.only, force=args.force, jobs=args.jobs)
     return 1 if any(outcome.status in ("failed", "skipped") for outcome in outcomes) else 0
 
 
 def _cmd_book_build(args: argparse.Namespace) -> int:
-    from brainage_core.runner import build_book
+    from brainage_core.book.runner import build_book
 
     index = build_book(Path(args.root), profile=args.profile, builder=args.builder)
     print(f"book: {index}")
@@ -192,7 +202,9 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n-subjects", type=int, default=300, help="number of subjects (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm, e.g. 2 or 3 (default 2)")
-    parser.add_argument("--config", type=Path, help="YAML file overriding the effect sizes (see data_manifests/synthetic_cohort.md)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML file overriding the effect sizes (see data_manifests/synthetic_cohort.md)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_cmd_synth)
@@ -271,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     ixi.add_argument("--out", required=True, type=Path, help="output folder")
     ixi.add_argument("--spacing", type=float, default=2.0, help="voxel size of the template grid in mm (default 2)")
     ixi.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
-    ixi.add_argument("--include-failed-qc", action="store_true", help="keep subjects failing QC in the manifest (flagged)")
+    ixi.add_argument(
+        "--include-failed-qc", action="store_true", help="keep subjects failing QC in the manifest (flagged)"
+    )
     ixi.add_argument("--quiet", action="store_true", help="no progress bar")
     ixi.set_defaults(handler=_cmd_import_ixi)
 
@@ -319,9 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--split", default="test", help="split to explain, or 'all' (default test)")
     explain.add_argument("--max-subjects", type=int, help="explain at most this many scans")
     explain.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    explain.add_argument("--layer", default=None, help="layer whose activations are weighted (default: brainage_core.interpret.DEFAULT_LAYER, encoder.layer3; encoder.layer4 is coarser)")
+    explain.add_argument(
+        "--layer",
+        default=None,
+        help="layer whose activations are weighted (default: brainage_core.analysis.interpret.DEFAULT_LAYER, encoder.layer3; encoder.layer4 is coarser)",
+    )
     explain.add_argument("--batch-size", type=int, default=8, help="scans per batch (default 8)")
-    explain.add_argument("--background", choices=("mean", "mni152"), default="mean", help="figure background: mean scan or MNI152 template")
+    explain.add_argument(
+        "--background",
+        choices=("mean", "mni152"),
+        default="mean",
+        help="figure background: mean scan or MNI152 template",
+    )
     explain.add_argument("--quiet", action="store_true", help="no progress bar")
     explain.set_defaults(handler=_cmd_explain)
 
@@ -331,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure the RNC loss (fast vs loop formulation, B=32..1024), training samples/s of the "
         "configured model through the data pipeline vs a model-only step, and peak memory. Writes JSON.",
     )
-    bench.add_argument("--out", type=Path, default=Path("bench/results.json"), help="output JSON (default bench/results.json)")
+    bench.add_argument(
+        "--out", type=Path, default=Path("bench/results.json"), help="output JSON (default bench/results.json)"
+    )
     bench.add_argument("--config", type=Path, help="YAML run config to measure (default: built-in defaults)")
     bench.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. num_workers=2")
     bench.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
@@ -346,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Runs whose notebook, parameters, inputs and package code are unchanged are not executed again. "
         "A failed run does not stop the others; every failure is reported at the end (exit 1).",
     )
-    run.add_argument("--profile", choices=("smoke", "default", "full"), default="default", help="which profile (default: default)")
+    run.add_argument(
+        "--profile", choices=("smoke", "default", "full"), default="default", help="which profile (default: default)"
+    )
     run.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs (and what they need)")
     run.add_argument("--force", action="store_true", help="execute even unchanged runs")
     run.add_argument("--jobs", type=int, default=1, help="independent runs executed at the same time (default 1)")
@@ -360,7 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
         "profile (execute_notebooks: off); Sphinx warnings are errors.",
     )
     build.add_argument("--root", default=".", help="folder holding _config.yml and _toc.yml (default: .)")
-    build.add_argument("--profile", choices=("smoke", "default", "full"), default="default", help="whose executed notebooks (default: default)")
+    build.add_argument(
+        "--profile",
+        choices=("smoke", "default", "full"),
+        default="default",
+        help="whose executed notebooks (default: default)",
+    )
     build.add_argument("--builder", default="html", help="Jupyter Book builder (default: html)")
     build.set_defaults(handler=_cmd_book_build)
     return parser

@@ -25,15 +25,15 @@ from brainage_core.imaging import AugmentConfig
 from brainage_core.models import ModelConfig
 
 __all__ = [
+    "ConfigError",
     "LossConfig",
     "OptimConfig",
     "ProbeConfig",
     "RunConfig",
-    "ConfigError",
-    "load_config",
     "apply_overrides",
     "config_problems",
     "config_to_dict",
+    "load_config",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -159,8 +159,14 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ValueError(f"{name}: must be true or false, got {value!r}")
         return value
     if annotation in (int, float, str):
-        if value is None or isinstance(value, (bool, list, dict)) or (annotation is not str and isinstance(value, str) and not _is_number(value)):
-            raise ValueError(f"{name}: must be {'an integer' if annotation is int else 'a number' if annotation is float else 'a string'}, got {value!r}")
+        if (
+            value is None
+            or isinstance(value, (bool, list, dict))
+            or (annotation is not str and isinstance(value, str) and not _is_number(value))
+        ):
+            raise ValueError(
+                f"{name}: must be {'an integer' if annotation is int else 'a number' if annotation is float else 'a string'}, got {value!r}"
+            )
         try:
             converted = annotation(value)
         except (TypeError, ValueError, OverflowError) as error:
@@ -187,7 +193,9 @@ def _from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: s
     names = [f.name for f in dataclasses.fields(cls)]
     where = f"section {prefix!r}" if prefix else "the config"
     for key in sorted(set(values) - set(names), key=str):
-        problems.append(f"{prefix + '.' if prefix else ''}{key}: unknown key in {where}; valid keys: {', '.join(names)}")
+        problems.append(
+            f"{prefix + '.' if prefix else ''}{key}: unknown key in {where}; valid keys: {', '.join(names)}"
+        )
     kwargs = {}
     for key in names:
         if key not in values:
@@ -211,7 +219,15 @@ def _from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: s
         return cls()
 
 
-def _check_range(problems: list[str], name: str, value: float | None, low: float | None = None, high: float | None = None, low_open: bool = False, hint: str = "") -> None:
+def _check_range(
+    problems: list[str],
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    hint: str = "",
+) -> None:
     if value is None:
         return
     too_low = low is not None and (value <= low if low_open else value < low)
@@ -231,7 +247,13 @@ def config_problems(config: RunConfig) -> list[str]:
     problems: list[str] = []
     optim = config.train
     _check_range(problems, "train.epochs", optim.epochs, 1)
-    _check_range(problems, "train.batch_size", optim.batch_size, 2, hint=" (batch normalisation and contrastive losses need >= 2 scans a step)")
+    _check_range(
+        problems,
+        "train.batch_size",
+        optim.batch_size,
+        2,
+        hint=" (batch normalisation and contrastive losses need >= 2 scans a step)",
+    )
     _check_range(problems, "train.lr", optim.lr, 0, MAX_LEARNING_RATE, low_open=True)
     _check_range(problems, "train.weight_decay", optim.weight_decay, 0)
     _check_range(problems, "train.momentum", optim.momentum, 0, 1)
@@ -241,18 +263,24 @@ def config_problems(config: RunConfig) -> list[str]:
         problems.append(f"train.optimizer: unknown optimizer {optim.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     loss = config.loss
     if loss.name not in CONTRASTIVE_LOSSES + REGRESSION_LOSSES:
-        problems.append(f"loss.name: unknown loss {loss.name!r}; use one of {', '.join(CONTRASTIVE_LOSSES + REGRESSION_LOSSES)}")
+        problems.append(
+            f"loss.name: unknown loss {loss.name!r}; use one of {', '.join(CONTRASTIVE_LOSSES + REGRESSION_LOSSES)}"
+        )
     else:
         valid = loss_parameters(loss.name)
         for key in sorted(set(loss.params) - set(valid), key=str):
-            problems.append(f"loss.params.{key}: not a parameter of loss {loss.name!r}; its parameters: {', '.join(valid) or 'none'}")
+            problems.append(
+                f"loss.params.{key}: not a parameter of loss {loss.name!r}; its parameters: {', '.join(valid) or 'none'}"
+            )
         if set(loss.params) <= set(valid):
             try:
                 build_loss(loss.name, **loss.params)
             except (ValueError, TypeError) as error:
                 problems.append(f"loss.params: {error}")
     if loss.name in CONTRASTIVE_LOSSES:
-        _check_range(problems, "loss.n_views", loss.n_views, 2, hint=f" ({loss.name} contrasts several views of each scan)")
+        _check_range(
+            problems, "loss.n_views", loss.n_views, 2, hint=f" ({loss.name} contrasts several views of each scan)"
+        )
     model = config.model
     if model.arch not in ENCODERS:
         problems.append(f"model.arch: unknown architecture {model.arch!r}; use one of {', '.join(sorted(ENCODERS))}")
@@ -357,7 +385,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
         except UnicodeDecodeError:
             raise ConfigError(["not a text (YAML) file"], source) from None
         if not isinstance(values, dict):
-            raise ConfigError(["a run config must be a YAML mapping of sections (data, model, loss, train, ...)"], source)
+            raise ConfigError(
+                ["a run config must be a YAML mapping of sections (data, model, loss, train, ...)"], source
+            )
     problems: list[str] = []
     config = _from_dict(RunConfig, apply_overrides(values, overrides), problems)
     problems += config_problems(config)

@@ -28,7 +28,7 @@ from brainage_core.imaging import (
     default_cache_dir,
 )
 
-__all__ = ["DataConfig", "assign_splits", "load_volumes", "load_manifest_volumes", "VolumeDataset", "sample_seed"]
+__all__ = ["DataConfig", "VolumeDataset", "assign_splits", "load_manifest_volumes", "load_volumes", "sample_seed"]
 
 
 @dataclass
@@ -101,7 +101,11 @@ def assign_splits(frame: pd.DataFrame, test_fold: int | None = None) -> pd.Serie
 
 
 def load_volumes(
-    images: Sequence[str], masks: Sequence[str | None], config: PreprocessConfig, cache: VolumeCache, progress: bool = True
+    images: Sequence[str],
+    masks: Sequence[str | None],
+    config: PreprocessConfig,
+    cache: VolumeCache,
+    progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocess (or read from the cache) every scan.
 
@@ -130,7 +134,9 @@ def load_volumes(
     return volumes, affines
 
 
-def load_manifest_volumes(frame: pd.DataFrame, config: DataConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def load_manifest_volumes(
+    frame: pd.DataFrame, config: DataConfig, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`load_volumes` for the rows of a manifest, with a run's preprocessing and cache.
 
     Args:

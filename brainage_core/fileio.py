@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "sha256_file"]
+__all__ = ["atomic_path", "sha256_file", "write_json"]
 
 TEMP_PREFIX = ".tmp-"
 

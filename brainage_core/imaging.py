@@ -40,16 +40,16 @@ from brainage_core.fileio import atomic_path, sha256_file
 from brainage_core.scan_checks import header_problems, scan_problems, value_problems
 
 __all__ = [
-    "ImageReadError",
-    "PreprocessConfig",
     "AugmentConfig",
+    "ImageReadError",
+    "MultiViewTransform",
+    "PreprocessConfig",
+    "VolumeCache",
+    "build_augmentation",
+    "default_cache_dir",
     "load_volume",
     "preprocess",
     "robust_normalise",
-    "VolumeCache",
-    "build_augmentation",
-    "MultiViewTransform",
-    "default_cache_dir",
 ]
 
 CACHE_FORMAT_VERSION = 1
@@ -86,7 +86,9 @@ class PreprocessConfig:
             raise ValueError(f"PreprocessConfig.shape must be three sizes >= 8 voxels, got {self.shape}")
         low, high = self.percentiles
         if not 0 <= low < high <= 100:
-            raise ValueError(f"PreprocessConfig.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+            raise ValueError(
+                f"PreprocessConfig.percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
+            )
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
 
@@ -222,7 +224,9 @@ def preprocess(
     else:
         foreground = image > 0
         if not bool(foreground.any()):
-            raise ImageReadError(f"{image_path}: no voxel is above 0, so there is no foreground to normalise; give a brain mask")
+            raise ImageReadError(
+                f"{image_path}: no voxel is above 0, so there is no foreground to normalise; give a brain mask"
+            )
     if config.crop_foreground:
         start, end = generate_spatial_bounding_box(foreground, select_fn=lambda x: x > 0)
         crop = SpatialCrop(roi_start=start, roi_end=end)
@@ -270,7 +274,10 @@ class VolumeCache:
         return self._hashes[memo_key]
 
     def key(
-        self, image_path: str | os.PathLike[str], config: PreprocessConfig, mask_path: str | os.PathLike[str] | None = None
+        self,
+        image_path: str | os.PathLike[str],
+        config: PreprocessConfig,
+        mask_path: str | os.PathLike[str] | None = None,
     ) -> str:
         """The cache key of a (image, mask, config) triple."""
         parts = [
@@ -297,7 +304,10 @@ class VolumeCache:
         return MetaTensor(torch.from_numpy(volume.astype(np.float32)), affine=torch.from_numpy(affine))
 
     def load(
-        self, image_path: str | os.PathLike[str], config: PreprocessConfig, mask_path: str | os.PathLike[str] | None = None
+        self,
+        image_path: str | os.PathLike[str],
+        config: PreprocessConfig,
+        mask_path: str | os.PathLike[str] | None = None,
     ) -> MetaTensor:
         """Return the preprocessed volume, from the cache or by running :func:`preprocess`.
 

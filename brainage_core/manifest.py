@@ -25,18 +25,18 @@ from brainage_core.fileio import atomic_path
 from brainage_core.scan_checks import data_problems, grid_problems, header_problems
 
 __all__ = [
-    "REQUIRED_COLUMNS",
-    "OPTIONAL_COLUMNS",
     "KNOWN_GROUPS",
     "KNOWN_SPLITS",
+    "OPTIONAL_COLUMNS",
+    "REQUIRED_COLUMNS",
     "SCORE_RANGES",
-    "ManifestProblem",
     "ManifestError",
-    "validate_manifest",
-    "validate_frame",
-    "read_manifest",
-    "write_manifest",
+    "ManifestProblem",
     "manifest_folder",
+    "read_manifest",
+    "validate_frame",
+    "validate_manifest",
+    "write_manifest",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("subject_id", "image", "age", "sex", "group")
@@ -101,8 +101,7 @@ class ManifestError(ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {problem}" for problem in self.problems)
         super().__init__(
-            f"{self.path}: {len(self.problems)} problem(s) in the manifest "
-            f"(see data_manifests/schema.md):\n{lines}"
+            f"{self.path}: {len(self.problems)} problem(s) in the manifest (see data_manifests/schema.md):\n{lines}"
         )
 
 
@@ -149,9 +148,7 @@ def _numeric(frame: pd.DataFrame, column: str, problems: list[ManifestProblem]) 
     raw = frame[column]
     values = pd.to_numeric(raw, errors="coerce")
     for index in np.flatnonzero(values.isna().to_numpy() & ~raw.map(_is_blank).to_numpy()):
-        problems.append(
-            ManifestProblem(int(index) + 1, column, f"{raw.iloc[index]!r} is not a number")
-        )
+        problems.append(ManifestProblem(int(index) + 1, column, f"{raw.iloc[index]!r} is not a number"))
     return values
 
 
@@ -198,7 +195,9 @@ def validate_frame(
         for index, group in enumerate(frame["group"]):
             if _is_blank(group) or str(group).strip() not in KNOWN_GROUPS:
                 problems.append(
-                    ManifestProblem(index + 1, "group", f"unknown group {group!r}; use one of {', '.join(KNOWN_GROUPS)}")
+                    ManifestProblem(
+                        index + 1, "group", f"unknown group {group!r}; use one of {', '.join(KNOWN_GROUPS)}"
+                    )
                 )
     if "subject_id" in present:
         for index, subject in enumerate(frame["subject_id"]):
@@ -240,7 +239,11 @@ def validate_frame(
         for index, split in enumerate(frame["split"]):
             if not _is_blank(split) and str(split).strip() not in KNOWN_SPLITS:
                 problems.append(
-                    ManifestProblem(index + 1, "split", f"unknown split {split!r}; use one of {', '.join(KNOWN_SPLITS)} or leave blank")
+                    ManifestProblem(
+                        index + 1,
+                        "split",
+                        f"unknown split {split!r}; use one of {', '.join(KNOWN_SPLITS)} or leave blank",
+                    )
                 )
         if "subject_id" in present:
             problems.extend(_split_leakage(frame))
@@ -260,7 +263,9 @@ def validate_frame(
         for index, cdr in enumerate(_numeric(frame, "cdr", problems)):
             if not math.isnan(cdr) and cdr not in CDR_VALUES:
                 problems.append(
-                    ManifestProblem(index + 1, "cdr", f"CDR {cdr:g} is not one of {', '.join(f'{v:g}' for v in CDR_VALUES)}")
+                    ManifestProblem(
+                        index + 1, "cdr", f"CDR {cdr:g} is not one of {', '.join(f'{v:g}' for v in CDR_VALUES)}"
+                    )
                 )
     return sorted(problems, key=lambda p: (p.row is not None, p.row or 0))
 
@@ -305,12 +310,20 @@ def _read_raw(path: Path) -> pd.DataFrame:
     if len(header) <= 1:
         for separator, name in ((";", "semicolons"), ("\t", "tabs")):
             if separator in header_line:
-                problems.append(ManifestProblem(None, None, f"the header is separated by {name}, not commas: save the manifest as a comma-separated CSV"))
+                problems.append(
+                    ManifestProblem(
+                        None,
+                        None,
+                        f"the header is separated by {name}, not commas: save the manifest as a comma-separated CSV",
+                    )
+                )
                 break
     names = [column.strip() for column in header]
     repeated = sorted({name for name in names if names.count(name) > 1})
     for name in repeated:
-        problems.append(ManifestProblem(None, name, f"column appears {names.count(name)} times in the header; keep one"))
+        problems.append(
+            ManifestProblem(None, name, f"column appears {names.count(name)} times in the header; keep one")
+        )
     if problems:
         raise ManifestError(path, problems)
     try:

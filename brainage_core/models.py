@@ -17,7 +17,7 @@ import torch
 from monai.networks.nets import resnet10, resnet18, resnet34
 from torch import nn
 
-__all__ = ["ModelConfig", "BrainAgeModel", "build_model", "ENCODERS"]
+__all__ = ["ENCODERS", "BrainAgeModel", "ModelConfig", "build_model"]
 
 ENCODERS = {"resnet10": resnet10, "resnet18": resnet18, "resnet34": resnet34}
 

@@ -23,11 +23,11 @@ from brainage_core.fileio import TEMP_PREFIX, atomic_path
 __all__ = [
     "RECORD_NAME",
     "claim",
-    "owned_files",
+    "clear_owned_folder",
     "foreign_files",
+    "owned_files",
     "refuse_foreign_files",
     "remove_owned",
-    "clear_owned_folder",
     "remove_stale_temp_files",
 ]
 

@@ -29,14 +29,14 @@ from typing import Any
 import filelock
 
 __all__ = [
-    "RUN_FILES",
     "LOCK_FILES",
-    "RunLockedError",
+    "RUN_FILES",
     "CorruptFileError",
-    "lock_run",
+    "RunLockedError",
     "config_differences",
-    "load_torch_file",
     "is_finished_run",
+    "load_torch_file",
+    "lock_run",
 ]
 
 RUN_FILES = ("config.yaml", "metrics.csv", "predictions.csv", "model.pt", "log.txt")
@@ -103,7 +103,11 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """The dotted fields whose values differ, as ``"field: stored -> requested"`` lines."""
     left, right = _flatten(stored), _flatten(requested)
-    return [f"{key}: {left.get(key, '<unset>')!r} -> {right.get(key, '<unset>')!r}" for key in sorted(set(left) | set(right)) if left.get(key) != right.get(key)]
+    return [
+        f"{key}: {left.get(key, '<unset>')!r} -> {right.get(key, '<unset>')!r}"
+        for key in sorted(set(left) | set(right))
+        if left.get(key) != right.get(key)
+    ]
 
 
 def load_torch_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:

@@ -19,14 +19,14 @@ import nibabel as nib
 import numpy as np
 
 __all__ = [
+    "MAX_EXTENT_MM",
     "MAX_VOXELS",
     "ZOOM_RANGE_MM",
-    "MAX_EXTENT_MM",
-    "header_problems",
-    "value_problems",
     "data_problems",
     "grid_problems",
+    "header_problems",
     "scan_problems",
+    "value_problems",
 ]
 
 MAX_VOXELS = 512**3  # per volume, as stored or after resampling (~0.5 GB as float32)
@@ -57,25 +57,38 @@ def _header_problems(path: Path, image: nib.Nifti1Image) -> list[str]:
     shape = tuple(int(s) for s in image.shape)
     problems = []
     if len(shape) == 4 and shape[3] != 1:
-        problems.append(f"{path}: a 4-D series of {shape[3]} volumes; give one 3-D T1 volume (extract it, e.g. with nibabel)")
+        problems.append(
+            f"{path}: a 4-D series of {shape[3]} volumes; give one 3-D T1 volume (extract it, e.g. with nibabel)"
+        )
     elif len(shape) not in (3, 4):
         problems.append(f"{path}: {len(shape)}-D image of shape {shape}; a T1 scan must be a 3-D volume")
     if any(size == 0 for size in shape):
         problems.append(f"{path}: the header declares an empty dimension (shape {shape})")
     elif int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
-        problems.append(f"{path}: the header declares {shape} = {np.prod(shape, dtype=np.int64):,} voxels, more than {MAX_VOXELS:,}; a corrupt header or not a structural scan")
+        problems.append(
+            f"{path}: the header declares {shape} = {np.prod(shape, dtype=np.int64):,} voxels, more than {MAX_VOXELS:,}; a corrupt header or not a structural scan"
+        )
     zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
-    if len(zooms) < 3 or not np.all(np.isfinite(zooms)) or np.any(zooms < ZOOM_RANGE_MM[0]) or np.any(zooms > ZOOM_RANGE_MM[1]):
+    if (
+        len(zooms) < 3
+        or not np.all(np.isfinite(zooms))
+        or np.any(zooms < ZOOM_RANGE_MM[0])
+        or np.any(zooms > ZOOM_RANGE_MM[1])
+    ):
         problems.append(
             f"{path}: voxel size {tuple(round(float(z), 4) for z in zooms)} mm is outside {ZOOM_RANGE_MM[0]}-{ZOOM_RANGE_MM[1]} mm; check the header's pixdim"
         )
     affine = image.affine
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        problems.append(f"{path}: the affine (voxel-to-world matrix) is not finite or not invertible; fix the header's qform/sform")
+        problems.append(
+            f"{path}: the affine (voxel-to-world matrix) is not finite or not invertible; fix the header's qform/sform"
+        )
     elif len(shape) >= 3 and not problems:
         extent = np.asarray(shape[:3]) * zooms
         if np.any(extent > MAX_EXTENT_MM):
-            problems.append(f"{path}: field of view {tuple(round(float(e)) for e in extent)} mm exceeds {MAX_EXTENT_MM:g} mm per axis; a corrupt header?")
+            problems.append(
+                f"{path}: field of view {tuple(round(float(e)) for e in extent)} mm exceeds {MAX_EXTENT_MM:g} mm per axis; a corrupt header?"
+            )
     return problems
 
 
@@ -84,7 +97,9 @@ def _resampled_problems(path: Path, image: nib.Nifti1Image, spacing: float) -> l
     zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
     voxels = float(np.prod(np.asarray(image.shape[:3]) * zooms / spacing))
     if not np.isfinite(voxels) or voxels > MAX_VOXELS:
-        return [f"{path}: resampling to {spacing:g} mm would need {voxels:,.0f} voxels (limit {MAX_VOXELS:,}); check the voxel size in the header"]
+        return [
+            f"{path}: resampling to {spacing:g} mm would need {voxels:,.0f} voxels (limit {MAX_VOXELS:,}); check the voxel size in the header"
+        ]
     return []
 
 
@@ -113,7 +128,9 @@ def _data_problems(path: Path, image: nib.Nifti1Image, is_mask: bool) -> list[st
     try:
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # gzip/zlib/EOF errors of truncated files, and others
-        return [f"{path}: the voxel data cannot be read ({type(error).__name__}: {error}); the file is truncated or corrupt: re-copy or re-export it"]
+        return [
+            f"{path}: the voxel data cannot be read ({type(error).__name__}: {error}); the file is truncated or corrupt: re-copy or re-export it"
+        ]
     return value_problems(path, data, is_mask)
 
 
@@ -125,10 +142,14 @@ def grid_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLi
     return _grid_problems(image_path, image, mask_path, mask)
 
 
-def _grid_problems(image_path: str | os.PathLike[str], image: nib.Nifti1Image, mask_path: str | os.PathLike[str], mask: nib.Nifti1Image) -> list[str]:
+def _grid_problems(
+    image_path: str | os.PathLike[str], image: nib.Nifti1Image, mask_path: str | os.PathLike[str], mask: nib.Nifti1Image
+) -> list[str]:
     problems = []
     if tuple(image.shape[:3]) != tuple(mask.shape[:3]):
-        problems.append(f"{mask_path}: mask shape {tuple(mask.shape[:3])} differs from image {image_path} shape {tuple(image.shape[:3])}")
+        problems.append(
+            f"{mask_path}: mask shape {tuple(mask.shape[:3])} differs from image {image_path} shape {tuple(image.shape[:3])}"
+        )
     difference = float(np.max(np.abs(image.affine - mask.affine)))
     if difference > 1e-3:
         problems.append(
@@ -139,7 +160,12 @@ def _grid_problems(image_path: str | os.PathLike[str], image: nib.Nifti1Image, m
     return problems
 
 
-def scan_problems(image_path: str | os.PathLike[str], mask_path: str | os.PathLike[str] | None = None, read_data: bool = True, spacing: float | None = None) -> list[str]:
+def scan_problems(
+    image_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str] | None = None,
+    read_data: bool = True,
+    spacing: float | None = None,
+) -> list[str]:
     """Every problem of a scan and its optional mask, cheapest checks first; each file is opened once.
 
     Args:

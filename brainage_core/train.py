@@ -36,9 +36,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 import yaml
+from sklearn.linear_model import RidgeCV
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from sklearn.linear_model import RidgeCV
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -50,17 +50,25 @@ from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_lo
 from brainage_core.manifest import read_manifest
 from brainage_core.models import BrainAgeModel, build_model
 from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
-from brainage_core.rundir import LOCK_FILES, RUN_FILES, CorruptFileError, config_differences, is_finished_run, load_torch_file, lock_run
+from brainage_core.rundir import (
+    LOCK_FILES,
+    RUN_FILES,
+    CorruptFileError,
+    config_differences,
+    is_finished_run,
+    load_torch_file,
+    lock_run,
+)
 
 __all__ = [
-    "train",
-    "predict",
-    "load_run_model",
-    "fit_linear_probe",
+    "RUN_FILES",
     "extract_features",
+    "fit_linear_probe",
+    "load_run_model",
+    "predict",
     "predict_ages",
     "resolve_device",
-    "RUN_FILES",
+    "train",
 ]
 
 LOGGER = logging.getLogger("brainage.train")
@@ -95,20 +103,29 @@ def _optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def extract_features(model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+def extract_features(
+    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
+) -> torch.Tensor:
     """Encoder features ``[N, D]`` (float32, CPU) of volumes ``[N, 1, X, Y, Z]`` in eval mode."""
     model.eval()
-    parts = [model.features(volumes[i : i + batch_size].to(device).float()).float().cpu() for i in range(0, len(volumes), batch_size)]
+    parts = [
+        model.features(volumes[i : i + batch_size].to(device).float()).float().cpu()
+        for i in range(0, len(volumes), batch_size)
+    ]
     return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
 
 
 @torch.no_grad()
-def predict_ages(model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32) -> torch.Tensor:
+def predict_ages(
+    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
+) -> torch.Tensor:
     """Predicted ages ``[N]`` in years of volumes ``[N, 1, X, Y, Z]``."""
     return model.regress(extract_features(model, volumes, device, batch_size).to(device)).cpu()
 
 
-def fit_linear_probe(features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_linear_probe(
+    features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit a linear regressor with L1 loss on frozen features (deterministic, full batch).
 
     Features are standardised. scikit-learn's ``RidgeCV`` picks the ridge penalty by efficient
@@ -155,7 +172,9 @@ class _Trainer:
         self.progress = progress
         self.contrastive = config.loss.name in CONTRASTIVE_LOSSES
         if not self.contrastive and config.loss.name not in REGRESSION_LOSSES:
-            raise ValueError(f"unknown loss.name {config.loss.name!r}; use one of {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}")
+            raise ValueError(
+                f"unknown loss.name {config.loss.name!r}; use one of {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}"
+            )
         self.loss_fn = build_loss(config.loss.name, **config.loss.params)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.device = resolve_device(config.device)
@@ -264,7 +283,12 @@ class _Trainer:
             pin_memory=self.cuda,
         )
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.config.train.epochs}", disable=not self.progress or self.rank != 0, leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
+            disable=not self.progress or self.rank != 0,
+            leave=False,
+        )
         for views, ages in bar:
             views, ages = views.to(self.device, non_blocking=True), ages.to(self.device, non_blocking=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
@@ -284,13 +308,23 @@ class _Trainer:
         if self.contrastive:
             features = extract_features(self.model, self.volumes[self.train_idx], self.device)
             weight, bias = fit_linear_probe(
-                features, self.ages[self.train_idx], float(self.model.age_mean), float(self.model.age_std), self.config.probe
+                features,
+                self.ages[self.train_idx],
+                float(self.model.age_mean),
+                float(self.model.age_std),
+                self.config.probe,
             )
             with torch.no_grad():
                 self.model.regressor.weight.copy_(weight)
                 self.model.regressor.bias.copy_(bias)
-        train_mae = float((predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx]).abs().mean())
-        val_mae = float((predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean())
+        train_mae = float(
+            (predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx])
+            .abs()
+            .mean()
+        )
+        val_mae = float(
+            (predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean()
+        )
         return train_mae, val_mae
 
 
@@ -370,7 +404,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = Fal
     if distributed.rank() == 0 and int(os.environ.get("RANK", "0")) == 0:
         _check_run_dir(config, run_dir, resume)
     if not str(config.data.manifest).strip():
-        raise ValueError("data.manifest is not set: pass --set data.manifest=path/to/manifest.csv (or a --config file setting it)")
+        raise ValueError(
+            "data.manifest is not set: pass --set data.manifest=path/to/manifest.csv (or a --config file setting it)"
+        )
     started_distributed = _init_distributed(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -405,7 +441,12 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
             with atomic_path(run_dir / "config.yaml") as temp:
                 temp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         LOGGER.info(
-            "loss=%s device=%s train=%d val=%d epochs=%d", config.loss.name, trainer.device, len(trainer.train_idx), len(trainer.val_idx), config.train.epochs
+            "loss=%s device=%s train=%d val=%d epochs=%d",
+            config.loss.name,
+            trainer.device,
+            len(trainer.train_idx),
+            len(trainer.val_idx),
+            config.train.epochs,
         )
         for epoch in range(trainer.start_epoch, config.train.epochs):
             if _run_epoch(trainer, epoch, checkpoint_path, progress, is_main):
@@ -415,7 +456,12 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
         finished = True
     except BaseException as error:
         if checkpoint_path.is_file():
-            LOGGER.error("stopped: %s: %s; resume with: brainage train --run-dir %s --resume", type(error).__name__, error, run_dir)
+            LOGGER.error(
+                "stopped: %s: %s; resume with: brainage train --run-dir %s --resume",
+                type(error).__name__,
+                error,
+                run_dir,
+            )
         raise
     finally:
         if handler is not None:
@@ -448,9 +494,18 @@ def _run_epoch(trainer: _Trainer, epoch: int, checkpoint_path: Path, progress: b
         "seconds": time.perf_counter() - started,
     }
     trainer.history.append(row)
-    LOGGER.info("epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s", epoch + 1, train_loss, train_mae, val_mae, " *" if improved else "")
+    LOGGER.info(
+        "epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s",
+        epoch + 1,
+        train_loss,
+        train_mae,
+        val_mae,
+        " *" if improved else "",
+    )
     if progress and is_main:
-        tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}")
+        tqdm.write(
+            f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}"
+        )
     if is_main:
         with atomic_path(checkpoint_path, suffix=".pt") as temp:
             torch.save(trainer.state(epoch), temp)
@@ -478,7 +533,23 @@ def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
     with atomic_path(run_dir / "metrics.csv", suffix=".csv") as temp:
         pd.DataFrame(trainer.history).to_csv(temp, index=False)
     predicted = predict_ages(trainer.model, trainer.volumes, trainer.device).numpy()
-    columns = [c for c in ("subject_id", "split", "group", "sex", "site", "age", "true_gap", "mmse", "cdr", "updrs3", "hoehn_yahr") if c in trainer.frame.columns]
+    columns = [
+        c
+        for c in (
+            "subject_id",
+            "split",
+            "group",
+            "sex",
+            "site",
+            "age",
+            "true_gap",
+            "mmse",
+            "cdr",
+            "updrs3",
+            "hoehn_yahr",
+        )
+        if c in trainer.frame.columns
+    ]
     predictions = trainer.frame[columns].copy()
     predictions["predicted_age"] = predicted
     predictions["image"] = trainer.frame["image"]
@@ -506,7 +577,13 @@ def load_run_model(run_dir: str | os.PathLike[str], device: str = "cpu") -> tupl
     return model.to(device).eval(), config
 
 
-def predict(run_dir: str | os.PathLike[str], manifest: str | os.PathLike[str], out: str | os.PathLike[str], device: str = "auto", progress: bool = True) -> pd.DataFrame:
+def predict(
+    run_dir: str | os.PathLike[str],
+    manifest: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    device: str = "auto",
+    progress: bool = True,
+) -> pd.DataFrame:
     """Predict brain age for every scan of a manifest with a trained run; write a CSV.
 
     Returns:

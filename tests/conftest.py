@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-IXI_DIR = Path(os.environ.get("BRAINAGE_IXI_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi_t1_2mm"))
+IXI_DIR = Path(
+    os.environ.get("BRAINAGE_IXI_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi_t1_2mm")
+)
 
 
 def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = None, slope: float | None = None) -> Path:
@@ -57,8 +59,17 @@ def write_tiny_cohort(folder: Path, n_subjects: int = 24, seed: int = 0, size: i
         image = write_nifti(folder / "img" / f"sub-{index:03d}.nii.gz", data, np.diag([4.0, 4.0, 4.0, 1.0]))
         split = ("train", "train", "train", "val", "test")[index % 5]
         group = "AD" if index % 7 == 6 else "CN"
-        rows.append({"subject_id": f"sub-{index:03d}", "image": str(image.relative_to(folder)), "age": age,
-                     "sex": "MF"[index % 2], "group": group, "split": split, "fold": index % 3})
+        rows.append(
+            {
+                "subject_id": f"sub-{index:03d}",
+                "image": str(image.relative_to(folder)),
+                "age": age,
+                "sex": "MF"[index % 2],
+                "group": group,
+                "split": split,
+                "fold": index % 3,
+            }
+        )
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

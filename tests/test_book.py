@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from brainage_core.runner import build_book, load_runs, run_book
+from brainage_core.book.runner import build_book, load_runs, run_book
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -54,9 +54,19 @@ def write_toy_book(root: Path) -> None:
     def notebook(name: str, parameters: str, body: str) -> None:
         cells = [nbformat.v4.new_code_cell(parameters), nbformat.v4.new_code_cell(body)]
         cells[0].metadata["tags"] = ["parameters"]
-        nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), root / "book" / f"{name}.ipynb")
+        nbformat.write(
+            nbformat.v4.new_notebook(
+                cells=cells,
+                metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+            ),
+            root / "book" / f"{name}.ipynb",
+        )
 
-    notebook("a", "value = 1\nwork_dir = ''", "from pathlib import Path\nPath(work_dir).mkdir(parents=True, exist_ok=True)\n(Path(work_dir) / 'out.txt').write_text(str(value))")
+    notebook(
+        "a",
+        "value = 1\nwork_dir = ''",
+        "from pathlib import Path\nPath(work_dir).mkdir(parents=True, exist_ok=True)\n(Path(work_dir) / 'out.txt').write_text(str(value))",
+    )
     notebook("b", "source = ''", "from pathlib import Path\nprint(Path(source).read_text())")
     notebook("c", "fail = False", "assert not fail, 'told to fail'")
     runs = {
@@ -116,7 +126,9 @@ def test_a_misspelt_run_parameter_fails_that_run(tmp_path: Path) -> None:
 
 def test_a_failed_dependency_skips_its_dependents(tmp_path: Path) -> None:
     write_toy_book(tmp_path)
-    (tmp_path / "book" / "a.ipynb").write_text((tmp_path / "book" / "a.ipynb").read_text().replace("str(value)", "str(1 / 0)"))
+    (tmp_path / "book" / "a.ipynb").write_text(
+        (tmp_path / "book" / "a.ipynb").read_text().replace("str(value)", "str(1 / 0)")
+    )
     assert statuses(run_book(tmp_path, "p", log=io.StringIO())) == {"a": "failed", "b": "skipped", "c": "executed"}
 
 
@@ -135,10 +147,18 @@ def test_the_book_builds_from_smoke_runs() -> None:
     for notebook in NOTEBOOKS:
         page = (html / "book" / notebook.with_suffix(".html").name).read_text()
         assert "<img" in page, f"{notebook.name}: no figure rendered"
-    remote = sorted({f"{page.name}: {src}" for page in html.rglob("*.html") for src in re.findall(r'<script[^>]*\bsrc="((?:https?:)?//[^"]+)"', page.read_text())})
+    remote = sorted(
+        {
+            f"{page.name}: {src}"
+            for page in html.rglob("*.html")
+            for src in re.findall(r'<script[^>]*\bsrc="((?:https?:)?//[^"]+)"', page.read_text())
+        }
+    )
     assert remote == [], "the book must render offline; remote scripts: " + ", ".join(remote[:5])
     assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file(), "MathJax is bundled with the book"
-    assert 'src="../_static/mathjax/tex-chtml.js' in (html / "book" / "rnc_loss.html").read_text(), "formula pages load the bundled MathJax"
+    assert 'src="../_static/mathjax/tex-chtml.js' in (html / "book" / "rnc_loss.html").read_text(), (
+        "formula pages load the bundled MathJax"
+    )
 
 
 def test_a_failed_rerun_removes_the_stale_chapter_and_says_so(tmp_path: Path) -> None:
@@ -154,7 +174,11 @@ def test_a_failed_rerun_removes_the_stale_chapter_and_says_so(tmp_path: Path) ->
 
 def test_a_cell_running_past_its_timeout_fails_the_run(tmp_path: Path) -> None:
     write_toy_book(tmp_path)
-    (tmp_path / "book" / "c.ipynb").write_text((tmp_path / "book" / "c.ipynb").read_text().replace("assert not fail, 'told to fail'", "import time\\ntime.sleep(60)"))
+    (tmp_path / "book" / "c.ipynb").write_text(
+        (tmp_path / "book" / "c.ipynb")
+        .read_text()
+        .replace("assert not fail, 'told to fail'", "import time\\ntime.sleep(60)")
+    )
     runs = yaml.safe_load((tmp_path / "book" / "runs.yml").read_text())
     next(r for r in runs["runs"] if r["name"] == "c")["cell_timeout"] = 3
     (tmp_path / "book" / "runs.yml").write_text(yaml.safe_dump(runs))

@@ -9,13 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import scipy.stats as st  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats as st
 
-from brainage_core.clinical import (  # noqa: E402
+from brainage_core.analysis.clinical import (
     analysis_sample,
     clinical_report,
     gap_by_group,
@@ -25,7 +25,7 @@ from brainage_core.clinical import (  # noqa: E402
     severity_associations,
     true_gap_recovery,
 )
-from brainage_core.metrics import corrected_predictions  # noqa: E402
+from brainage_core.analysis.metrics import corrected_predictions
 
 N_CN_TEST = 150
 
@@ -37,13 +37,21 @@ def synthetic_predictions(seed: int = 0) -> pd.DataFrame:
     bias (slope 0.75 towards age 70), which the CN-val bias correction removes.
     """
     rng = np.random.default_rng(seed)
-    layout = [("CN", "train", 80), ("CN", "val", 80), ("CN", "test", N_CN_TEST),
-              ("AD", "train", 40), ("AD", "val", 40), ("AD", "test", 70), ("PD", "test", 150)]
+    layout = [
+        ("CN", "train", 80),
+        ("CN", "val", 80),
+        ("CN", "test", N_CN_TEST),
+        ("AD", "train", 40),
+        ("AD", "val", 40),
+        ("AD", "test", 70),
+        ("PD", "test", 150),
+    ]
     frames = []
     for group, split, n in layout:
         severity = rng.normal(0, 1, n)
-        frame = pd.DataFrame({"group": group, "split": split, "age": rng.uniform(55, 85, n),
-                              "sex": rng.choice(["M", "F"], n)})
+        frame = pd.DataFrame(
+            {"group": group, "split": split, "age": rng.uniform(55, 85, n), "sex": rng.choice(["M", "F"], n)}
+        )
         frame["mmse"] = frame["cdr"] = frame["updrs3"] = frame["hoehn_yahr"] = np.nan
         if group == "CN":
             frame["true_gap"] = rng.normal(0, 3, n)
@@ -95,8 +103,18 @@ def test_gap_by_group_needs_patients(corrected: pd.DataFrame) -> None:
 
 def test_severity_associations_find_the_simulated_effects(corrected: pd.DataFrame) -> None:
     table = severity_associations(corrected)
-    assert table.columns.tolist() == ["group", "score", "n", "partial_spearman", "p", "p_fdr",
-                                      "ols_slope", "ols_ci_low", "ols_ci_high", "ols_p"]
+    assert table.columns.tolist() == [
+        "group",
+        "score",
+        "n",
+        "partial_spearman",
+        "p",
+        "p_fdr",
+        "ols_slope",
+        "ols_ci_low",
+        "ols_ci_high",
+        "ols_p",
+    ]
     rows = table.set_index(["group", "score"])
     assert rows.loc[("AD", "cdr"), "partial_spearman"] > 0
     assert rows.loc[("AD", "mmse"), "partial_spearman"] < 0
@@ -193,10 +211,20 @@ def test_clinical_report_writes_tables_and_figures(tmp_path: Path) -> None:
     run = _write_run(tmp_path / "run", synthetic_predictions())
     report = clinical_report(run)
     out = run / "clinical"
-    expected = {"gap_by_group.csv", "severity_associations.csv", "true_gap_recovery.json", "gap_by_group.png",
-                "gap_vs_mmse.png", "gap_vs_cdr.png", "gap_vs_updrs3.png", "gap_vs_hoehn_yahr.png"}
+    expected = {
+        "gap_by_group.csv",
+        "severity_associations.csv",
+        "true_gap_recovery.json",
+        "gap_by_group.png",
+        "gap_vs_mmse.png",
+        "gap_vs_cdr.png",
+        "gap_vs_updrs3.png",
+        "gap_vs_hoehn_yahr.png",
+    }
     assert set(report["files"]) == expected
-    assert {path.name for path in out.iterdir()} == expected | {".brainage-owned.json"}  # no temporary files left behind
+    assert {path.name for path in out.iterdir()} == expected | {
+        ".brainage-owned.json"
+    }  # no temporary files left behind
     assert pd.read_csv(out / "gap_by_group.csv")["group"].tolist() == ["CN", "AD", "PD"]
     assert len(pd.read_csv(out / "severity_associations.csv")) == 4
     recovery = json.loads((out / "true_gap_recovery.json").read_text())

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage_core.compare import (
+from brainage_core.analysis.compare import (
     analyse_features,
     collect_runs,
     describe_comparison,
@@ -32,7 +32,9 @@ def crafted(offset: float, seeds: int = 3, subjects: int = 30) -> tuple[pd.DataF
         for method, shift in (("a", 0.0), ("b", offset)):
             error = base + shift + rng.normal(0, 0.05, subjects)
             runs.append({"method": method, "seed": seed, "mae": error.mean(), "r2": 0.5, "pearson_r": 0.7})
-            errors.append(pd.DataFrame({"subject_id": range(subjects), "method": method, "seed": seed, "abs_error": error}))
+            errors.append(
+                pd.DataFrame({"subject_id": range(subjects), "method": method, "seed": seed, "abs_error": error})
+            )
     return pd.DataFrame(runs), pd.concat(errors)
 
 
@@ -43,7 +45,9 @@ def test_paired_tests_find_a_consistent_difference() -> None:
     assert table.loc["b", "p_subjects"] < 1e-5 and table.loc["b", "reference_better_fraction"] == 1.0
     assert table.loc["b", "n_seeds"] == 3 and table.loc["b", "n_subjects"] == 30
     summary = summarise_methods(runs)
-    assert list(summary.index) == ["a", "b"] and summary.loc["b", "mae_mean"] == pytest.approx(summary.loc["a", "mae_mean"] + 1, abs=0.05)
+    assert list(summary.index) == ["a", "b"] and summary.loc["b", "mae_mean"] == pytest.approx(
+        summary.loc["a", "mae_mean"] + 1, abs=0.05
+    )
 
 
 def test_describe_comparison_says_who_wins_and_whether_it_is_significant() -> None:
@@ -63,8 +67,13 @@ def test_paired_tests_refuse_an_unknown_reference() -> None:
 
 
 def test_mean_predictor_verdict_names_the_runs_that_lose() -> None:
-    runs = pd.DataFrame({"method": ["rnc", "rnc", "mse"], "seed": [0, 1, 0], "mae": [5.0, 17.0, 6.0], "mean_predictor_mae": 16.0})
-    assert mean_predictor_verdict(runs) == "2 of 3 runs beat the mean predictor (test MAE 16.00 years); not: RNC seed 1 (17.00)."
+    runs = pd.DataFrame(
+        {"method": ["rnc", "rnc", "mse"], "seed": [0, 1, 0], "mae": [5.0, 17.0, 6.0], "mean_predictor_mae": 16.0}
+    )
+    assert (
+        mean_predictor_verdict(runs)
+        == "2 of 3 runs beat the mean predictor (test MAE 16.00 years); not: RNC seed 1 (17.00)."
+    )
     assert summarise_methods(runs, metrics=("mae",)).loc["rnc", "beats_mean_predictor"] == 1
     runs["mae"] = [5.0, 6.0, 7.0]
     assert mean_predictor_verdict(runs) == "All 3 runs beat the mean predictor (test MAE 16.00 years)."
@@ -72,7 +81,9 @@ def test_mean_predictor_verdict_names_the_runs_that_lose() -> None:
 
 def test_feature_continuity_reference_values() -> None:
     ages = np.linspace(20, 90, 40)
-    assert feature_continuity(np.c_[ages, 2 * ages], ages) == pytest.approx(1.0, abs=1e-4)  # rounding among tied distances
+    assert feature_continuity(np.c_[ages, 2 * ages], ages) == pytest.approx(
+        1.0, abs=1e-4
+    )  # rounding among tied distances
     random = np.random.default_rng(0).normal(size=(40, 8))
     assert abs(feature_continuity(random, ages)) < 0.15
 

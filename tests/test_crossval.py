@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage_core.crossval import baseline_cv_predictions, cv_runs, cv_summary, out_of_fold_predictions, region_volumes
+from brainage_core.analysis.crossval import (
+    baseline_cv_predictions,
+    cv_runs,
+    cv_summary,
+    out_of_fold_predictions,
+    region_volumes,
+)
 from tests.conftest import write_nifti, write_tiny_cohort
 
 
@@ -33,16 +39,32 @@ def test_baselines_predict_each_subject_once_on_the_given_folds() -> None:
         assert (group.set_index("subject_id")["fold"].sort_index() == folds.sort_index()).all()
     summary = cv_summary(predictions, n_boot=200).set_index("method")
     assert summary.loc["ridge_regions", "mae"] < 0.3 * summary.loc["mean", "mae"]
-    assert summary.loc["ridge_regions", "mae_ci_low"] <= summary.loc["ridge_regions", "mae"] <= summary.loc["ridge_regions", "mae_ci_high"]
+    assert (
+        summary.loc["ridge_regions", "mae_ci_low"]
+        <= summary.loc["ridge_regions", "mae"]
+        <= summary.loc["ridge_regions", "mae_ci_high"]
+    )
 
 
 def test_cv_runs_give_out_of_fold_predictions(tmp_path: Path) -> None:
     manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=30)
-    runs = cv_runs(manifest, ["mse"], tmp_path / "runs", spacing=4.0, shape=[16, 16, 16], width=0.125, epochs=1,
-                   batch_size=6, device="cpu", extra=[f"data.cache_dir={tmp_path / 'cache'}", "data.train_groups=[CN, AD]"])
+    runs = cv_runs(
+        manifest,
+        ["mse"],
+        tmp_path / "runs",
+        spacing=4.0,
+        shape=[16, 16, 16],
+        width=0.125,
+        epochs=1,
+        batch_size=6,
+        device="cpu",
+        extra=[f"data.cache_dir={tmp_path / 'cache'}", "data.train_groups=[CN, AD]"],
+    )
     assert sorted(runs) == [("mse", 0), ("mse", 1), ("mse", 2)]
     predictions = out_of_fold_predictions(runs)
     frame = pd.read_csv(manifest)
-    assert sorted(predictions["subject_id"]) == sorted(frame["subject_id"]), "every subject predicted once, by the model that did not train on it"
+    assert sorted(predictions["subject_id"]) == sorted(frame["subject_id"]), (
+        "every subject predicted once, by the model that did not train on it"
+    )
     merged = predictions.merge(frame[["subject_id", "fold"]], on="subject_id", suffixes=("", "_manifest"))
     assert (merged["fold"] == merged["fold_manifest"]).all()

@@ -80,7 +80,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     """Entry point of a spawned rank: run it and write its results to ``out_dir``."""
     torch.set_num_threads(1)
     # A collective that waits longer than the timeout raises instead of hanging the test run.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60)
+    )
     try:
         results = _rank_results(rank)
     finally:
@@ -101,7 +103,9 @@ def test_helpers_are_no_ops_without_process_group() -> None:
 def two_rank_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, object]]:
     """Run the two-process job once and load what every rank wrote."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(_worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    context = mp.start_processes(
+        _worker, args=(str(out_dir / "init"), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while not context.join(timeout=5):  # raises if a rank failed
         if time.monotonic() > deadline:

@@ -14,10 +14,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from brainage_core.config import config_to_dict, load_config
-from brainage_core.data import load_volumes
-from brainage_core.imaging import PreprocessConfig, VolumeCache
-from brainage_core.interpret import (
+from brainage_core.analysis.interpret import (
     GradRAM,
     age_band_labels,
     explain_run,
@@ -32,6 +29,9 @@ from brainage_core.interpret import (
     saliency_maps,
     save_map_nifti,
 )
+from brainage_core.config import config_to_dict, load_config
+from brainage_core.data import load_volumes
+from brainage_core.imaging import PreprocessConfig, VolumeCache
 from brainage_core.models import BrainAgeModel, ModelConfig, build_model
 from tests.conftest import write_nifti
 
@@ -294,11 +294,17 @@ def write_cohort_with_effects(folder: Path, n_subjects: int = 10) -> Path:
         data = (100 * brain * (1 - 0.5 * effect) + rng.normal(0, 2, radius.shape) * brain).astype(np.float32)
         image = write_nifti(folder / "img" / f"sub-{index:02d}.nii.gz", data, affine)
         effect_path = write_nifti(folder / "effect" / f"sub-{index:02d}.nii.gz", effect.astype(np.float32), affine)
-        rows.append({
-            "subject_id": f"sub-{index:02d}", "image": str(image.relative_to(folder)), "age": age,
-            "sex": "MF"[index % 2], "group": "AD" if index % 3 == 0 else "CN",
-            "split": "test" if index % 2 else "train", "effect_map": str(effect_path.relative_to(folder)),
-        })
+        rows.append(
+            {
+                "subject_id": f"sub-{index:02d}",
+                "image": str(image.relative_to(folder)),
+                "age": age,
+                "sex": "MF"[index % 2],
+                "group": "AD" if index % 3 == 0 else "CN",
+                "split": "test" if index % 2 else "train",
+                "effect_map": str(effect_path.relative_to(folder)),
+            }
+        )
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -318,8 +324,17 @@ def test_load_on_grid_aligns_a_native_file_with_the_preprocessed_scan(tmp_path: 
 
 def test_explain_run_writes_maps_averages_figures_and_scores(tmp_path: Path) -> None:
     manifest = write_cohort_with_effects(tmp_path / "cohort")
-    config = load_config(None, [f"data.manifest={manifest}", "data.spacing=4", f"data.shape=[{SIZE},{SIZE},{SIZE}]",
-                                f"data.cache_dir={tmp_path / 'cache'}", "model.width=0.125", "model.conv1_stride=1"])
+    config = load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            "data.spacing=4",
+            f"data.shape=[{SIZE},{SIZE},{SIZE}]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.width=0.125",
+            "model.conv1_stride=1",
+        ],
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
@@ -332,8 +347,13 @@ def test_explain_run_writes_maps_averages_figures_and_scores(tmp_path: Path) -> 
     subjects = pd.read_csv(out / "subjects.csv")
     assert subjects["subject_id"].tolist() == ["sub-01", "sub-03", "sub-05", "sub-07"]
     first = nib.load(out / subjects["gradram_path"][0])
-    _, affines = load_volumes([str(manifest.parent / "img" / "sub-01.nii.gz")], [None], config.data.preprocess_config(),
-                              VolumeCache(tmp_path / "cache"), progress=False)
+    _, affines = load_volumes(
+        [str(manifest.parent / "img" / "sub-01.nii.gz")],
+        [None],
+        config.data.preprocess_config(),
+        VolumeCache(tmp_path / "cache"),
+        progress=False,
+    )
     assert first.shape == (SIZE,) * 3 and np.allclose(first.affine, affines[0].numpy())
     assert np.abs(first.get_fdata()).max() == pytest.approx(1.0, abs=1e-6)
     assert nib.load(out / subjects["gradram_relu_path"][0]).get_fdata().min() >= 0

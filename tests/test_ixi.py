@@ -18,9 +18,9 @@ import SimpleITK as sitk
 from nilearn.datasets import load_mni152_brain_mask
 from nilearn.image import resample_to_img
 
-import brainage_core.ixi as ixi
+from brainage_core.cohorts import ixi
+from brainage_core.cohorts.ixi import ImportReport, assign_folds, import_ixi, parse_ixi_name, read_demographics
 from brainage_core.fileio import sha256_file
-from brainage_core.ixi import ImportReport, assign_folds, import_ixi, parse_ixi_name, read_demographics
 from brainage_core.manifest import read_manifest, validate_manifest
 from tests.conftest import IXI_DIR
 
@@ -62,7 +62,9 @@ def test_parse_ixi_name(name: str, subject_id: str, site: str, mrid: str) -> Non
     assert scan.path == Path("/data") / name
 
 
-@pytest.mark.parametrize("name", ["IXI012-XYZ-1211_T1.nii.gz", "IXI012-HH-1211_T2.nii.gz", "sub-01_T1w.nii.gz", "IXI012_T1.nii.gz"])
+@pytest.mark.parametrize(
+    "name", ["IXI012-XYZ-1211_T1.nii.gz", "IXI012-HH-1211_T2.nii.gz", "sub-01_T1w.nii.gz", "IXI012_T1.nii.gz"]
+)
 def test_parse_ixi_name_rejects_other_names(name: str) -> None:
     with pytest.raises(ValueError, match="IXI"):
         parse_ixi_name(name)
@@ -188,7 +190,9 @@ def test_outputs_are_skull_stripped_ras_on_the_template_grid(imported: tuple[Pat
     assert (manifest["group"] == "CN").all() and (manifest["site"] == "HH").all()
     assert manifest.set_index("subject_id").loc["IXI014", "age"] == pytest.approx(34.24)
     for row in manifest.itertuples():
-        assert row.labels == str(out_dir.resolve() / "labels" / f"{row.subject_id}_dlmuse_mni.nii.gz")  # resolved like image
+        assert row.labels == str(
+            out_dir.resolve() / "labels" / f"{row.subject_id}_dlmuse_mni.nii.gz"
+        )  # resolved like image
         image, mask, labels = nib.load(row.image), nib.load(row.mask), nib.load(out_dir / row.labels)
         for volume in (image, mask, labels):
             assert volume.shape == grid_shape
@@ -211,8 +215,13 @@ def test_qc_and_registration_overlap(imported: tuple[Path, ImportReport]) -> Non
     assert qc["brain_volume_ml"].between(1200, 1800).all()
     # Dice with nilearn's own MNI152 brain mask, resampled onto our grid: independent of ixi.py.
     manifest = read_manifest(out_dir / "manifest.csv")
-    reference = resample_to_img(load_mni152_brain_mask(resolution=2), nib.load(manifest["mask"][0]),
-                                interpolation="nearest", force_resample=True, copy_header=True)
+    reference = resample_to_img(
+        load_mni152_brain_mask(resolution=2),
+        nib.load(manifest["mask"][0]),
+        interpolation="nearest",
+        force_resample=True,
+        copy_header=True,
+    )
     template_mask = reference.get_fdata() > 0
     for row in manifest.itertuples():
         registered = nib.load(row.mask).get_fdata() > 0
@@ -249,8 +258,9 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     monkeypatch.setattr(ixi, "register_to_template", forbidden)
     monkeypatch.setattr(ixi, "_n4", forbidden)
     t1_dir = out_dir.parent / "t1"
-    again = import_ixi(t1_dir, IXI_DIR / "participants.csv", out_dir, mask_dir=out_dir.parent / "seg", workers=2,
-                       progress=False)
+    again = import_ixi(
+        t1_dir, IXI_DIR / "participants.csv", out_dir, mask_dir=out_dir.parent / "seg", workers=2, progress=False
+    )
     assert again.n_cached == 3 and again.n_processed == 0 and again.n_imported == 3
     assert again.corrupt == first.corrupt  # the truncated file is read again and reported again
     assert [path.stat().st_mtime_ns for path in outputs] == mtimes
@@ -261,8 +271,12 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     inputs = {"t1": sha256_file(scan.path), "mask": sha256_file(mask_path)}
     job = ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs=inputs)
     assert ixi._cached_qc(job) is not None
-    assert ixi._cached_qc(ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0,
-                                   inputs={**inputs, "t1": "0" * 64})) is None
+    assert (
+        ixi._cached_qc(
+            ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs={**inputs, "t1": "0" * 64})
+        )
+        is None
+    )
     assert ixi._cached_qc(ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=1.5, inputs=inputs)) is None
 
 
@@ -291,8 +305,10 @@ def test_crafted_table_reports_every_mismatch(
     manifest = read_manifest(tmp_path / "out" / "manifest.csv")
     assert manifest["subject_id"].tolist() == ["IXI012"] and manifest["sex"].tolist() == ["M"]
     # Deterministic: one worker here, two in the module import, identical volumes.
-    np.testing.assert_array_equal(nib.load(manifest["image"][0]).get_fdata(),
-                                  nib.load(imported[0] / "images" / "IXI012_T1w_mni.nii.gz").get_fdata())
+    np.testing.assert_array_equal(
+        nib.load(manifest["image"][0]).get_fdata(),
+        nib.load(imported[0] / "images" / "IXI012_T1w_mni.nii.gz").get_fdata(),
+    )
     assert set(json.loads((tmp_path / "out" / "import_report.json").read_text())) >= {"missing_age", "no_demographics"}
 
 
@@ -319,9 +335,18 @@ def test_import_without_masks_uses_the_cruder_fallback(
 def test_max_subjects_limits_the_import(ixi_dir: Path, tmp_path: Path) -> None:
     """Quick runs import the first subjects only; the folder's other IDs are not reported missing."""
     with pytest.raises(ValueError, match="max_subjects must be >= 1"):
-        ixi.import_ixi(ixi_dir / "t1", ixi_dir / "participants.csv", tmp_path / "zero", mask_dir=ixi_dir / "seg", max_subjects=0)
-    report = ixi.import_ixi(ixi_dir / "t1", ixi_dir / "participants.csv", tmp_path / "two", mask_dir=ixi_dir / "seg",
-                            max_subjects=2, workers=1, progress=False)
+        ixi.import_ixi(
+            ixi_dir / "t1", ixi_dir / "participants.csv", tmp_path / "zero", mask_dir=ixi_dir / "seg", max_subjects=0
+        )
+    report = ixi.import_ixi(
+        ixi_dir / "t1",
+        ixi_dir / "participants.csv",
+        tmp_path / "two",
+        mask_dir=ixi_dir / "seg",
+        max_subjects=2,
+        workers=1,
+        progress=False,
+    )
     manifest = read_manifest(tmp_path / "two" / "manifest.csv")
     assert manifest["subject_id"].tolist() == ["IXI012", "IXI013"]
     assert report.not_on_disk == []

@@ -109,7 +109,10 @@ def test_cli_validate_lists_the_four_problems_and_exits_2(images: Path, capsys: 
     assert code == 2
     assert "row 2 (line 3), column 'subject_id': duplicate of row 1" in err
     assert "row 3 (line 4), column 'image': file not found" in err
-    assert "row 4 (line 5), column 'age': 'NaN' is not a number" in err or "row 4 (line 5), column 'age': age is missing" in err
+    assert (
+        "row 4 (line 5), column 'age': 'NaN' is not a number" in err
+        or "row 4 (line 5), column 'age': age is missing" in err
+    )
     assert "row 5 (line 6), column 'split'" in err and "row 6 (line 7), column 'split'" in err
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
-from brainage_core.metrics import (
+from brainage_core.analysis.metrics import (
     BiasCorrection,
     bootstrap_ci,
     corrected_predictions,
@@ -133,14 +133,31 @@ def _predictions(seed: int = 0) -> pd.DataFrame:
     """CN train/val/test and AD/PD/MCI patients (patients in every split), with age bias."""
     rng = np.random.default_rng(seed)
     rows = []
-    layout = [("CN", "train", 60), ("CN", "val", 40), ("CN", "test", 50),
-              ("AD", "train", 10), ("AD", "val", 10), ("AD", "test", 10), ("PD", "test", 15), ("MCI", "val", 8)]
+    layout = [
+        ("CN", "train", 60),
+        ("CN", "val", 40),
+        ("CN", "test", 50),
+        ("AD", "train", 10),
+        ("AD", "val", 10),
+        ("AD", "test", 10),
+        ("PD", "test", 15),
+        ("MCI", "val", 8),
+    ]
     for group, split, n in layout:
         for _ in range(n):
             age = rng.uniform(25, 85)
             predicted = 0.7 * age + 16 + rng.normal(0, 4) + (6.0 if group == "AD" else 0.0)
-            rows.append({"subject_id": f"sub-{len(rows):04d}", "split": split, "group": group,
-                         "sex": "MF"[len(rows) % 2], "age": age, "predicted_age": predicted, "image": "x.nii.gz"})
+            rows.append(
+                {
+                    "subject_id": f"sub-{len(rows):04d}",
+                    "split": split,
+                    "group": group,
+                    "sex": "MF"[len(rows) % 2],
+                    "age": age,
+                    "predicted_age": predicted,
+                    "image": "x.nii.gz",
+                }
+            )
     return pd.DataFrame(rows)
 
 

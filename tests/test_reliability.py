@@ -33,7 +33,11 @@ AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
 
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` with the hash of its content."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -44,8 +48,18 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 
 def overrides(manifest: Path, cache: Path, loss: str = "mse", epochs: int = 1) -> list[str]:
-    return [f"data.manifest={manifest}", "data.spacing=4", "data.shape=[16,16,16]", f"data.cache_dir={cache}", "model.width=0.125",
-            f"train.epochs={epochs}", "train.batch_size=4", f"loss.name={loss}", "probe.steps=20", "num_threads=1"]
+    return [
+        f"data.manifest={manifest}",
+        "data.spacing=4",
+        "data.shape=[16,16,16]",
+        f"data.cache_dir={cache}",
+        "model.width=0.125",
+        f"train.epochs={epochs}",
+        "train.batch_size=4",
+        f"loss.name={loss}",
+        "probe.steps=20",
+        "num_threads=1",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +91,19 @@ def _header_only(path: Path, shape: tuple[int, ...], zooms: tuple[float, ...] = 
         stream.write(header.binaryblock + b"\0" * 4 + b"\1" * 1000)
 
 
-def _image(shape: tuple[int, ...], fill: float | None = None, nan: bool = False, affine: np.ndarray = AFFINE) -> Callable[[Path], None]:
+def _image(
+    shape: tuple[int, ...], fill: float | None = None, nan: bool = False, affine: np.ndarray = AFFINE
+) -> Callable[[Path], None]:
     def make(path: Path) -> None:
-        data = np.random.default_rng(1).normal(100, 10, shape).astype(np.float32) if fill is None else np.full(shape, fill, np.float32)
+        data = (
+            np.random.default_rng(1).normal(100, 10, shape).astype(np.float32)
+            if fill is None
+            else np.full(shape, fill, np.float32)
+        )
         if nan:
             data[2, 2, 2] = np.nan
         write_nifti(path, data, affine)
+
     return make
 
 
@@ -111,7 +132,9 @@ def _manifest_with(cohort: Path, folder: Path, image: str, mask: str = "") -> Pa
 
 
 @pytest.mark.parametrize("case", sorted(BAD_IMAGES))
-def test_bad_image_is_refused_by_validate_train_and_predict_alike(case: str, cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_image_is_refused_by_validate_train_and_predict_alike(
+    case: str, cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make, expected = BAD_IMAGES[case]
     data = tmp_path / "data"
     data.mkdir()
@@ -121,27 +144,62 @@ def test_bad_image_is_refused_by_validate_train_and_predict_alike(case: str, coh
     before = snapshot(tmp_path)
     code, err = run_cli(["validate", str(manifest)], capsys)
     assert code == 2 and "row 3" in err and bad.name in err and expected in err, err
-    code, err = run_cli(["train", "--quiet", "--run-dir", str(tmp_path / "run"), "--set", *overrides(manifest, tmp_path.parent / f"{case}-cache")], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "--quiet",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            *overrides(manifest, tmp_path.parent / f"{case}-cache"),
+        ],
+        capsys,
+    )
     assert code == 2 and bad.name in err and expected in err, err
-    code, err = run_cli(["predict", "--quiet", "--run", str(finished_run), "--manifest", str(manifest), "--out", str(tmp_path / "p.csv")], capsys)
+    code, err = run_cli(
+        [
+            "predict",
+            "--quiet",
+            "--run",
+            str(finished_run),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+        capsys,
+    )
     assert code == 2 and bad.name in err and expected in err, err
     assert snapshot(tmp_path) == before, "a refused command left files behind"
 
 
 @pytest.mark.parametrize(
     ("case", "expected"),
-    [("empty_mask", "mask is empty"), ("other_affine", "mask affine differs"), ("other_shape", "mask shape (12, 16, 16) differs")],
+    [
+        ("empty_mask", "mask is empty"),
+        ("other_affine", "mask affine differs"),
+        ("other_shape", "mask shape (12, 16, 16) differs"),
+    ],
 )
-def test_bad_mask_is_named_with_what_differs(case: str, expected: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_mask_is_named_with_what_differs(
+    case: str, expected: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     image, mask = tmp_path / "img.nii.gz", tmp_path / f"{case}.nii.gz"
     _image((16, 16, 16))(image)
     shape = (12, 16, 16) if case == "other_shape" else (16, 16, 16)
-    affine = np.diag([4.0, 4.0, 4.0, 1.0]) @ np.array([[1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]) if case == "other_affine" else AFFINE
+    affine = (
+        np.diag([4.0, 4.0, 4.0, 1.0]) @ np.array([[1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+        if case == "other_affine"
+        else AFFINE
+    )
     write_nifti(mask, np.zeros(shape, np.uint8) if case == "empty_mask" else np.ones(shape, np.uint8), affine)
     manifest = _manifest_with(cohort, tmp_path, str(image), str(mask))
     code, err = run_cli(["validate", str(manifest)], capsys)
     assert code == 2 and "row 3" in err and mask.name in err and expected in err, err
-    code, err = run_cli(["train", "--quiet", "--run-dir", str(tmp_path / "run"), "--set", *overrides(manifest, tmp_path / "cache")], capsys)
+    code, err = run_cli(
+        ["train", "--quiet", "--run-dir", str(tmp_path / "run"), "--set", *overrides(manifest, tmp_path / "cache")],
+        capsys,
+    )
     assert code == 2 and mask.name in err and expected in err, err
     assert not (tmp_path / "run").exists()
 
@@ -157,7 +215,13 @@ def test_every_bad_scan_of_a_manifest_is_reported_at_once(cohort: Path, tmp_path
     with pytest.raises(OSError) as caught:
         train(load_config(None, overrides(tmp_path / "m.csv", tmp_path / "cache")), tmp_path / "run", progress=False)
     message = str(caught.value)
-    assert "2 of 15 scans" in message and "row 2" in message and "row 5" in message and "nan.nii.gz" in message and "constant.nii.gz" in message
+    assert (
+        "2 of 15 scans" in message
+        and "row 2" in message
+        and "row 5" in message
+        and "nan.nii.gz" in message
+        and "constant.nii.gz" in message
+    )
 
 
 def test_header_claiming_a_billion_voxels_is_refused_before_reading(tmp_path: Path) -> None:
@@ -170,7 +234,9 @@ def test_header_claiming_a_billion_voxels_is_refused_before_reading(tmp_path: Pa
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(ImageReadError, match="1,000,000,000 voxels"):
         preprocess(path, PreprocessConfig(spacing=4.0, shape=(16, 16, 16)))
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200_000, "peak memory grew by more than 200 MB"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before < 200_000, (
+        "peak memory grew by more than 200 MB"
+    )
 
 
 # ------------------------------------------------------------------------------- bad manifests
@@ -191,7 +257,10 @@ def _set_cell(text: str, row: int, column: str, value: str) -> str:
 
 BAD_MANIFESTS: dict[str, tuple[Callable[[str], str], str]] = {
     "semicolons": (lambda t: t.replace(",", ";"), "separated by semicolons"),
-    "duplicate_header": (lambda t: "\n".join([t.splitlines()[0] + ",age"] + [line + ",33" for line in t.splitlines()[1:]]), "column 'age': column appears 2 times"),
+    "duplicate_header": (
+        lambda t: "\n".join([t.splitlines()[0] + ",age"] + [line + ",33" for line in t.splitlines()[1:]]),
+        "column 'age': column appears 2 times",
+    ),
     "header_only": (lambda t: t.splitlines()[0] + "\n", "no rows"),
     "missing_column": (lambda t: t.replace("sex", "gender", 1), "column 'sex': required column is missing"),
     "bad_age": (lambda t: _set_cell(t, 2, "age", "old"), "row 2 (line 3), column 'age': 'old' is not a number"),
@@ -199,13 +268,25 @@ BAD_MANIFESTS: dict[str, tuple[Callable[[str], str], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_MANIFESTS))
-def test_bad_manifest_is_refused_with_its_row_or_column(case: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_manifest_is_refused_with_its_row_or_column(
+    case: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     edit, expected = BAD_MANIFESTS[case]
     manifest = _rewrite(cohort, tmp_path, edit)
     before = snapshot(tmp_path)
     code, err = run_cli(["validate", str(manifest)], capsys)
     assert code == 2 and expected in err and str(manifest) in err, err
-    code, err = run_cli(["train", "--quiet", "--run-dir", str(tmp_path / "run"), "--set", *overrides(manifest, tmp_path.parent / f"{case}-cache")], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "--quiet",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            *overrides(manifest, tmp_path.parent / f"{case}-cache"),
+        ],
+        capsys,
+    )
     assert code == 2 and expected in err, err
     assert snapshot(tmp_path) == before
 
@@ -216,17 +297,38 @@ def test_unset_manifest_says_how_to_set_it(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "run").exists()
 
 
-def test_symlinked_manifest_resolves_paths_the_same_way_everywhere(cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_symlinked_manifest_resolves_paths_the_same_way_everywhere(
+    cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     link = tmp_path / "elsewhere" / "linked.csv"
     link.parent.mkdir()
     link.symlink_to(cohort)
     assert run_cli(["validate", str(link)], capsys)[0] == 0
-    assert run_cli(["predict", "--quiet", "--run", str(finished_run), "--manifest", str(link), "--out", str(tmp_path / "p.csv")], capsys)[0] == 0
+    assert (
+        run_cli(
+            [
+                "predict",
+                "--quiet",
+                "--run",
+                str(finished_run),
+                "--manifest",
+                str(link),
+                "--out",
+                str(tmp_path / "p.csv"),
+            ],
+            capsys,
+        )[0]
+        == 0
+    )
 
 
-def test_predict_refuses_to_overwrite_its_manifest(cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_refuses_to_overwrite_its_manifest(
+    cohort: Path, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = cohort.read_bytes()
-    code, err = run_cli(["predict", "--quiet", "--run", str(finished_run), "--manifest", str(cohort), "--out", str(cohort)], capsys)
+    code, err = run_cli(
+        ["predict", "--quiet", "--run", str(finished_run), "--manifest", str(cohort), "--out", str(cohort)], capsys
+    )
     assert code == 2 and "is the manifest itself" in err
     assert cohort.read_bytes() == before
 
@@ -250,9 +352,22 @@ BAD_CONFIGS: dict[str, tuple[list[str], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
-def test_bad_config_is_refused_before_any_work(case: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_config_is_refused_before_any_work(
+    case: str, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     extra, expected = BAD_CONFIGS[case]
-    code, err = run_cli(["train", "--quiet", "--run-dir", str(tmp_path / "run"), "--set", *overrides(cohort, tmp_path / "cache"), *extra], capsys)
+    code, err = run_cli(
+        [
+            "train",
+            "--quiet",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            *overrides(cohort, tmp_path / "cache"),
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 2 and expected in err, err
     assert list(tmp_path.iterdir()) == [], "nothing is written (no cache, no run dir) for a bad config"
 
@@ -274,7 +389,9 @@ class _Payload:
         return (os.system, (f"touch {os.environ['BRAINAGE_PWNED']}",))
 
 
-def test_a_checkpoint_with_a_pickled_payload_is_refused_not_run(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_checkpoint_with_a_pickled_payload_is_refused_not_run(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = train(load_config(None, overrides(cohort, tmp_path / "cache", epochs=1)), tmp_path / "run", progress=False)
     marker = tmp_path / "pwned"
     monkeypatch.setenv("BRAINAGE_PWNED", str(marker))
@@ -287,12 +404,16 @@ def test_a_checkpoint_with_a_pickled_payload_is_refused_not_run(cohort: Path, tm
     assert not marker.exists(), "the checkpoint's payload ran"
 
 
-def test_truncated_weights_and_checkpoint_are_named(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_weights_and_checkpoint_are_named(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = train(load_config(None, overrides(cohort, tmp_path / "cache", epochs=1)), tmp_path / "run", progress=False)
     for name in ("model.pt", "checkpoint.pt"):
         data = (run / name).read_bytes()
         (run / name).write_bytes(data[: len(data) // 3])
-    code, err = run_cli(["predict", "--quiet", "--run", str(run), "--manifest", str(cohort), "--out", str(tmp_path / "p.csv")], capsys)
+    code, err = run_cli(
+        ["predict", "--quiet", "--run", str(run), "--manifest", str(cohort), "--out", str(tmp_path / "p.csv")], capsys
+    )
     assert code == 2 and "model.pt cannot be loaded" in err, err
     code, err = run_cli(["train", "--quiet", "--resume", "--run-dir", str(run)], capsys)
     assert code == 2 and "checkpoint.pt cannot be loaded" in err, err
@@ -314,11 +435,21 @@ def test_corrupt_cache_entry_is_a_miss_and_is_rewritten(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- resume
-def test_resume_reads_the_run_config_and_refuses_a_changed_one(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_reads_the_run_config_and_refuses_a_changed_one(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
-    assert run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache", epochs=1)], capsys)[0] == 0
+    assert (
+        run_cli(
+            ["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache", epochs=1)],
+            capsys,
+        )[0]
+        == 0
+    )
     before = snapshot(run)
-    code, err = run_cli(["train", "--quiet", "--resume", "--run-dir", str(run), "--set", "train.lr=0.01", "seed=3"], capsys)
+    code, err = run_cli(
+        ["train", "--quiet", "--resume", "--run-dir", str(run), "--set", "train.lr=0.01", "seed=3"], capsys
+    )
     assert code == 2 and "2 field(s) differ" in err and "train.lr: 0.001 -> 0.01" in err and "seed: 0 -> 3" in err, err
     other = tmp_path / "other.yaml"
     other.write_text("train: {epochs: 5}\n")
@@ -330,7 +461,17 @@ def test_resume_reads_the_run_config_and_refuses_a_changed_one(cohort: Path, tmp
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(cohort: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "brainage_core.cli", "train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache", epochs=200)]
+    command = [
+        sys.executable,
+        "-m",
+        "brainage_core.cli",
+        "train",
+        "--quiet",
+        "--run-dir",
+        str(run),
+        "--set",
+        *overrides(cohort, tmp_path / "cache", epochs=200),
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run / "checkpoint.pt").exists():
@@ -343,7 +484,9 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(cohort: Path, tmp_path: Path) -
     assert "Traceback" not in err and f"brainage train --run-dir {run} --resume" in err
 
 
-def test_a_failure_after_training_began_is_logged_and_resumable(cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_after_training_began_is_logged_and_resumable(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from brainage_core import train as train_module
 
     calls = {"n": 0}
@@ -387,10 +530,14 @@ def test_stale_temporary_checkpoint_is_removed_on_resume(cohort: Path, tmp_path:
 
 
 # ------------------------------------------------------------------------------------- locking
-def test_a_second_training_into_a_locked_run_dir_is_refused(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_training_into_a_locked_run_dir_is_refused(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
     with lock_run(run, command="train (test)"):
-        code, err = run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache")], capsys)
+        code, err = run_cli(
+            ["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache")], capsys
+        )
     assert code == 2 and "is in use by process" in err and str(os.getpid()) in err and "train (test)" in err, err
     assert not (run / "config.yaml").exists() and not (run / "model.pt").exists()
 
@@ -411,7 +558,7 @@ def test_synth_never_deletes_user_files_in_its_output(tmp_path: Path, capsys: py
 
 
 def test_workflow_never_deletes_user_files(cohort: Path, tmp_path: Path) -> None:
-    from brainage_core.workflow import ensure_cohort, ensure_run
+    from brainage_core.book.workflow import ensure_cohort, ensure_run
 
     cohort_dir = tmp_path / "cohort"
     ensure_cohort(cohort_dir, n_subjects=2, seed=0, spacing=6.0, progress=False)
@@ -440,30 +587,57 @@ def test_workflow_never_deletes_user_files(cohort: Path, tmp_path: Path) -> None
 
 
 def test_source_never_loads_with_weights_only_false() -> None:
-    offenders = [str(p) for p in [*ROOT.joinpath("brainage_core").rglob("*.py"), *ROOT.joinpath("tests").rglob("*.py")]
-                 if "weights_only=" + "False" in p.read_text()]
+    offenders = [
+        str(p)
+        for p in [*ROOT.joinpath("brainage_core").rglob("*.py"), *ROOT.joinpath("tests").rglob("*.py")]
+        if "weights_only=" + "False" in p.read_text()
+    ]
     assert offenders == []
 
 
-def test_commands_keep_user_files_planted_in_their_output_folders(cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_commands_keep_user_files_planted_in_their_output_folders(
+    cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A user's file in each folder a command writes to survives the command, failed or not."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("mine")
     bad = tmp_path / "bad.csv"
     bad.write_text(cohort.read_text().replace("img/", str(cohort.parent / "img") + "/").replace(",M,", ",X,", 1))
-    assert run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(bad, tmp_path / "cache")], capsys)[0] == 2
+    assert (
+        run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(bad, tmp_path / "cache")], capsys)[0]
+        == 2
+    )
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"], "a failed training removed only its own files"
-    assert run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache")], capsys)[0] == 0
+    assert (
+        run_cli(["train", "--quiet", "--run-dir", str(run), "--set", *overrides(cohort, tmp_path / "cache")], capsys)[0]
+        == 0
+    )
     outputs = {name: tmp_path / name for name in ("predict", "clinical", "bench")}
     for folder in outputs.values():
         folder.mkdir()
         (folder / "notes.txt").write_text("mine")
     commands = [
-        ["predict", "--quiet", "--run", str(run), "--manifest", str(cohort), "--out", str(outputs["predict"] / "p.csv")],
+        [
+            "predict",
+            "--quiet",
+            "--run",
+            str(run),
+            "--manifest",
+            str(cohort),
+            "--out",
+            str(outputs["predict"] / "p.csv"),
+        ],
         ["evaluate", str(run), "--n-boot", "20", "--method", "beheshti"],
         ["clinical", str(run), "--out-dir", str(outputs["clinical"]), "--method", "beheshti"],
-        ["bench", "--quick", "--out", str(outputs["bench"] / "b.json"), "--set", *overrides(cohort, tmp_path / "cache")],
+        [
+            "bench",
+            "--quick",
+            "--out",
+            str(outputs["bench"] / "b.json"),
+            "--set",
+            *overrides(cohort, tmp_path / "cache"),
+        ],
     ]
     for command in commands:
         run_cli(command, capsys)  # succeed or fail: the user's files must stay
@@ -475,7 +649,11 @@ def test_only_the_ownership_module_deletes_files() -> None:
     """Deletion goes through brainage_core.ownership (recorded files only) or removes the writer's own temp/record files."""
     allowed = {"ownership.py", "fileio.py", "runner.py"}
     pattern = ("shutil.rmtree", ".unlink(", "os.remove(", "os.unlink(", ".rmdir(")
-    offenders = [p.name for p in ROOT.joinpath("brainage_core").rglob("*.py") if p.name not in allowed and any(token in p.read_text() for token in pattern)]
+    offenders = [
+        p.name
+        for p in ROOT.joinpath("brainage_core").rglob("*.py")
+        if p.name not in allowed and any(token in p.read_text() for token in pattern)
+    ]
     assert offenders == []
     runner = ROOT.joinpath("brainage_core", "runner.py").read_text()
     assert "shutil.rmtree" not in runner
@@ -488,6 +666,14 @@ def test_mask_grid_is_checked_when_the_manifest_has_auxiliary_columns(tmp_path: 
     _image((16, 16, 16))(tmp_path / "i.nii.gz")
     write_nifti(tmp_path / "m.nii.gz", np.ones((16, 16, 16), np.uint8), np.diag([2.0, 4.0, 4.0, 1.0]))
     write_nifti(tmp_path / "e.nii.gz", np.ones((16, 16, 16), np.uint8), AFFINE)
-    row = {"subject_id": "a", "image": "i.nii.gz", "mask": "m.nii.gz", "effect_map": "e.nii.gz", "age": 50, "sex": "M", "group": "CN"}
+    row = {
+        "subject_id": "a",
+        "image": "i.nii.gz",
+        "mask": "m.nii.gz",
+        "effect_map": "e.nii.gz",
+        "age": 50,
+        "sex": "M",
+        "group": "CN",
+    }
     pd.DataFrame([row]).to_csv(tmp_path / "m.csv", index=False)
     assert [p.column for p in validate_manifest(tmp_path / "m.csv")] == ["mask"]

@@ -1,4 +1,4 @@
-"""Tests of the synthetic aging cohort (brainage_core.synth, synth_config, baseline)."""
+"""Tests of the synthetic aging cohort (brainage_core.cohorts.synthetic, synth_config, baseline)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage_core import synth
-from brainage_core.baseline import baseline_age_prediction
+from brainage_core.analysis.baseline import baseline_age_prediction
+from brainage_core.cohorts import synthetic as synth
+from brainage_core.cohorts.synthetic_config import SubjectParams, SynthConfig, assign_splits, sample_subjects
 from brainage_core.manifest import read_manifest, validate_manifest
-from brainage_core.synth_config import SubjectParams, SynthConfig, assign_splits, sample_subjects
 
 SPACING = 3.0
 
@@ -39,9 +39,20 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _subject(model: synth.SynthModel, **changes: object) -> SubjectParams:
     """A controlled subject: template-sized head, no pose change, median WMH."""
     base = sample_subjects(1, 0, model.config)[0]
-    fixed = dict(group="CN", age=75.0, true_gap=0.0, severity=0.0, cdr=0.0, head_scale=1.0,
-                 rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0), wmh_z=0.0,
-                 site_gain=1.0, site_contrast=0.0, site_noise=1.0)
+    fixed = dict(
+        group="CN",
+        age=75.0,
+        true_gap=0.0,
+        severity=0.0,
+        cdr=0.0,
+        head_scale=1.0,
+        rotation_deg=(0.0, 0.0, 0.0),
+        translation_mm=(0.0, 0.0, 0.0),
+        wmh_z=0.0,
+        site_gain=1.0,
+        site_contrast=0.0,
+        site_noise=1.0,
+    )
     return dataclasses.replace(base, **{**fixed, **changes})
 
 
@@ -63,8 +74,10 @@ def _files(manifest: Path) -> dict[str, bytes]:
         (lambda c: setattr(c.groups["CN"], "gap_sd", -1.0), "groups.CN.gap_sd"),
         (lambda c: setattr(c.groups["AD"], "age_max", 130.0), "groups.AD.age_max"),
         (lambda c: setattr(c.groups["PD"], "age_min", 90.0), "age_min 90 > age_max 85"),
-        (lambda c: c.groups.update(XX=dataclasses.replace(c.groups["CN"], fraction=0.0)),
-         "unknown group name(s) ['XX']"),
+        (
+            lambda c: c.groups.update(XX=dataclasses.replace(c.groups["CN"], fraction=0.0)),
+            "unknown group name(s) ['XX']",
+        ),
         (lambda c: setattr(c.groups["CN"], "fraction", 0.5), "sum to 0.8"),
         (lambda c: setattr(c.scanner, "noise_sd", -0.1), "scanner.noise_sd"),
         (lambda c: setattr(c.aging, "gm_loss_per_year", float("nan")), "aging.gm_loss_per_year"),

@@ -15,10 +15,10 @@ import torch
 
 from brainage_core.cli import main
 from brainage_core.config import load_config
-from brainage_core.train import RUN_FILES, load_run_model, predict_ages, train
 from brainage_core.data import load_volumes
 from brainage_core.imaging import VolumeCache
 from brainage_core.manifest import read_manifest
+from brainage_core.train import RUN_FILES, load_run_model, predict_ages, train
 from tests.conftest import write_tiny_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +66,12 @@ def test_same_config_twice_gives_identical_metrics_and_weights(cohort: Path, tmp
     config = load_config(None, tiny_overrides(tmp_path, cohort, "rnc"))
     first, second = train(config, tmp_path / "a", progress=False), train(config, tmp_path / "b", progress=False)
     columns = ["epoch", "train_loss", "train_mae", "val_mae", "lr"]
-    pd.testing.assert_frame_equal(pd.read_csv(first / "metrics.csv")[columns], pd.read_csv(second / "metrics.csv")[columns])
-    assert state_dicts_equal(torch.load(first / "model.pt", weights_only=True), torch.load(second / "model.pt", weights_only=True))
+    pd.testing.assert_frame_equal(
+        pd.read_csv(first / "metrics.csv")[columns], pd.read_csv(second / "metrics.csv")[columns]
+    )
+    assert state_dicts_equal(
+        torch.load(first / "model.pt", weights_only=True), torch.load(second / "model.pt", weights_only=True)
+    )
 
 
 def test_selected_model_is_the_best_validation_epoch(cohort: Path, tmp_path: Path) -> None:
@@ -83,7 +87,17 @@ def test_resume_after_kill_ends_with_the_same_weights(cohort: Path, tmp_path: Pa
     overrides = tiny_overrides(tmp_path, cohort, "rnc", epochs=8)
     reference = train(load_config(None, overrides), tmp_path / "reference", progress=False)
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "brainage_core.cli", "train", "--quiet", "--run-dir", str(run_dir), "--set", *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "brainage_core.cli",
+        "train",
+        "--quiet",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        *overrides,
+    ]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (run_dir / "checkpoint.pt").exists():
@@ -95,10 +109,16 @@ def test_resume_after_kill_ends_with_the_same_weights(cohort: Path, tmp_path: Pa
     assert not (run_dir / "model.pt").exists(), "the run finished before it could be killed"
     killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"]
     assert killed_at < 7
-    assert main(["train", "--quiet", "--resume", "--run-dir", str(run_dir)]) == 0  # the README form: the run's own config
-    assert state_dicts_equal(torch.load(run_dir / "model.pt", weights_only=True), torch.load(reference / "model.pt", weights_only=True))
+    assert (
+        main(["train", "--quiet", "--resume", "--run-dir", str(run_dir)]) == 0
+    )  # the README form: the run's own config
+    assert state_dicts_equal(
+        torch.load(run_dir / "model.pt", weights_only=True), torch.load(reference / "model.pt", weights_only=True)
+    )
     columns = ["epoch", "train_loss", "val_mae"]
-    pd.testing.assert_frame_equal(pd.read_csv(run_dir / "metrics.csv")[columns], pd.read_csv(reference / "metrics.csv")[columns])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(run_dir / "metrics.csv")[columns], pd.read_csv(reference / "metrics.csv")[columns]
+    )
 
 
 def test_predict_reproduces_the_run_predictions(cohort: Path, tmp_path: Path) -> None:
@@ -111,8 +131,19 @@ def test_predict_reproduces_the_run_predictions(cohort: Path, tmp_path: Path) ->
     assert (predicted["brain_age_gap"] - (predicted["predicted_age"] - predicted["age"])).abs().max() < 1e-4
     model, config = load_run_model(run)
     frame = read_manifest(cohort)
-    volumes, _ = load_volumes(frame["image"], [None] * len(frame), config.data.preprocess_config(), VolumeCache(tmp_path / "cache"), progress=False)
-    torch.testing.assert_close(predict_ages(model, volumes, torch.device("cpu")), torch.tensor(expected["predicted_age"].values, dtype=torch.float32), atol=1e-3, rtol=0)
+    volumes, _ = load_volumes(
+        frame["image"],
+        [None] * len(frame),
+        config.data.preprocess_config(),
+        VolumeCache(tmp_path / "cache"),
+        progress=False,
+    )
+    torch.testing.assert_close(
+        predict_ages(model, volumes, torch.device("cpu")),
+        torch.tensor(expected["predicted_age"].values, dtype=torch.float32),
+        atol=1e-3,
+        rtol=0,
+    )
 
 
 def test_contrastive_loss_on_encoder_features_without_projection_head(cohort: Path, tmp_path: Path) -> None:
@@ -163,9 +194,21 @@ def test_linear_probe_does_not_interpolate_when_features_outnumber_subjects() ->
 def test_torchrun_two_process_training_completes(cohort: Path, tmp_path: Path) -> None:
     """DDP on CPU (gloo): 2 processes train a contrastive model; only rank 0 writes the run."""
     run_dir = tmp_path / "ddp"
-    command = [str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node=2", "-m", "brainage_core.cli", "train",
-               "--quiet", "--run-dir", str(run_dir), "--set", *tiny_overrides(tmp_path, cohort, "rnc")]
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    command = [
+        str(Path(sys.executable).parent / "torchrun"),
+        "--nproc_per_node=2",
+        "-m",
+        "brainage_core.cli",
+        "train",
+        "--quiet",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        *tiny_overrides(tmp_path, cohort, "rnc"),
+    ]
+    completed = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert all((run_dir / name).is_file() for name in RUN_FILES)
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]

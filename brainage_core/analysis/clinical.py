@@ -1,6 +1,6 @@
 """The brain-age gap as a clinical biomarker: group differences and disease severity.
 
-All analyses use the bias-corrected gap of :func:`brainage_core.metrics.corrected_predictions`
+All analyses use the bias-corrected gap of :func:`brainage_core.analysis.metrics.corrected_predictions`
 on the **analysis sample** (:func:`analysis_sample`): healthy controls of the test split, the
 only held-out CN subjects (CN validation rows selected the model and fitted the correction),
 plus patients from every split. Patients are never trained on nor used for model selection
@@ -39,24 +39,29 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from statsmodels.stats.multitest import multipletests
 
+from brainage_core.analysis.metrics import (
+    HEALTHY_GROUP,
+    controls_from_manifest,
+    corrected_predictions,
+    read_predictions,
+)
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import KNOWN_GROUPS
 from brainage_core.ownership import claim
-from brainage_core.metrics import HEALTHY_GROUP, controls_from_manifest, corrected_predictions, read_predictions
 
 __all__ = [
-    "SEVERITY_SCORES",
-    "SCORE_LABELS",
     "MIN_ASSOCIATION_N",
-    "run_train_groups",
+    "SCORE_LABELS",
+    "SEVERITY_SCORES",
     "analysis_sample",
+    "clinical_report",
     "gap_by_group",
     "partial_spearman",
-    "severity_associations",
-    "true_gap_recovery",
     "plot_gap_by_group",
     "plot_gap_vs_score",
-    "clinical_report",
+    "run_train_groups",
+    "severity_associations",
+    "true_gap_recovery",
 ]
 
 SEVERITY_SCORES: dict[str, tuple[str, ...]] = {"AD": ("mmse", "cdr"), "PD": ("updrs3", "hoehn_yahr")}
@@ -69,7 +74,16 @@ SCORE_LABELS: dict[str, str] = {
 MIN_ASSOCIATION_N = 10  # fewer complete cases: the association is reported with NaN statistics, not tested
 GROUP_COLUMNS = ["group", "n", "mean_gap", "sd_gap", "difference", "ci_low", "ci_high", "p", "cohen_d"]
 SEVERITY_COLUMNS = [
-    "group", "score", "n", "partial_spearman", "p", "p_fdr", "ols_slope", "ols_ci_low", "ols_ci_high", "ols_p"
+    "group",
+    "score",
+    "n",
+    "partial_spearman",
+    "p",
+    "p_fdr",
+    "ols_slope",
+    "ols_ci_low",
+    "ols_ci_high",
+    "ols_p",
 ]
 CORRELATION_KEYS = ("pearson_r", "pearson_p", "spearman_rho", "spearman_p")
 GROUP_TERM = f"C(group, Treatment('{HEALTHY_GROUP}'))"
@@ -116,7 +130,7 @@ def gap_by_group(
     (rows missing the gap, age or sex are dropped).
 
     Args:
-        predictions: output of :func:`brainage_core.metrics.corrected_predictions`.
+        predictions: output of :func:`brainage_core.analysis.metrics.corrected_predictions`.
         gap_column: the gap to analyse (``gap_corrected`` or the raw ``gap``).
         train_groups: the run's training groups (see :func:`analysis_sample`).
 
@@ -142,13 +156,21 @@ def gap_by_group(
     rows = []
     for group in order:
         values = sample.loc[sample["group"] == group, "gap"].to_numpy()
-        row: dict[str, Any] = {"group": group, "n": len(values), "mean_gap": float(np.mean(values)),
-                               "sd_gap": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan}
+        row: dict[str, Any] = {
+            "group": group,
+            "n": len(values),
+            "mean_gap": float(np.mean(values)),
+            "sd_gap": float(np.std(values, ddof=1)) if len(values) > 1 else np.nan,
+        }
         if group != HEALTHY_GROUP:
             term = f"{GROUP_TERM}[T.{group}]"
-            row.update(difference=float(fit.params[term]), ci_low=float(intervals.loc[term, 0]),
-                       ci_high=float(intervals.loc[term, 1]), p=float(fit.pvalues[term]),
-                       cohen_d=_cohen_d(values, reference) if len(values) > 1 else np.nan)
+            row.update(
+                difference=float(fit.params[term]),
+                ci_low=float(intervals.loc[term, 0]),
+                ci_high=float(intervals.loc[term, 1]),
+                p=float(fit.pvalues[term]),
+                cohen_d=_cohen_d(values, reference) if len(values) > 1 else np.nan,
+            )
         rows.append(row)
     table = pd.DataFrame(rows, columns=GROUP_COLUMNS)
     table.attrs["formula"] = formula
@@ -234,8 +256,12 @@ def severity_associations(
                     row["partial_spearman"], row["p"] = partial_spearman(data["gap"], data["score"], covariates)
                     fit = smf.ols("gap ~ score + age + C(sex)", data=data).fit()
                     low, high = fit.conf_int(alpha=0.05).loc["score"]
-                    row.update(ols_slope=float(fit.params["score"]), ols_ci_low=float(low), ols_ci_high=float(high),
-                               ols_p=float(fit.pvalues["score"]))
+                    row.update(
+                        ols_slope=float(fit.params["score"]),
+                        ols_ci_low=float(low),
+                        ols_ci_high=float(high),
+                        ols_p=float(fit.pvalues["score"]),
+                    )
             rows.append(row)
     table = pd.DataFrame(rows, columns=SEVERITY_COLUMNS)
     tested = table["p"].notna()
@@ -249,8 +275,12 @@ def _correlations(x: pd.Series, y: pd.Series) -> dict[str, float | None]:
     result: dict[str, float | None] = {"n": len(x), **dict.fromkeys(CORRELATION_KEYS)}
     if len(x) >= 3 and x.nunique() > 1 and y.nunique() > 1:
         pearson, spearman = st.pearsonr(x, y), st.spearmanr(x, y)
-        result.update(pearson_r=float(pearson.statistic), pearson_p=float(pearson.pvalue),
-                      spearman_rho=float(spearman.statistic), spearman_p=float(spearman.pvalue))
+        result.update(
+            pearson_r=float(pearson.statistic),
+            pearson_p=float(pearson.pvalue),
+            spearman_rho=float(spearman.statistic),
+            spearman_p=float(spearman.pvalue),
+        )
     return result
 
 
@@ -276,8 +306,7 @@ def true_gap_recovery(
         "gap_column": gap_column,
         "overall": _correlations(sample[gap_column], sample["true_gap"]),
         "by_group": {
-            group: _correlations(rows[gap_column], rows["true_gap"])
-            for group, rows in sample.groupby("group")
+            group: _correlations(rows[gap_column], rows["true_gap"]) for group, rows in sample.groupby("group")
         },
     }
 
@@ -330,8 +359,16 @@ def plot_gap_vs_score(
     jitter = 0.15 * float(np.min(np.diff(values))) if 1 < len(values) <= 6 else 0.0
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 4))
-    sns.regplot(data=data, x=score, y=gap_column, x_jitter=jitter, seed=0, ax=ax,
-                scatter_kws={"s": 12, "alpha": 0.6}, line_kws={"color": "C3"})
+    sns.regplot(
+        data=data,
+        x=score,
+        y=gap_column,
+        x_jitter=jitter,
+        seed=0,
+        ax=ax,
+        scatter_kws={"s": 12, "alpha": 0.6},
+        line_kws={"color": "C3"},
+    )
     ax.axhline(0.0, color="grey", linestyle="--", linewidth=1)
     ax.set_xlabel(SCORE_LABELS.get(score, score))
     ax.set_ylabel(GAP_LABELS.get(gap_column, gap_column))
@@ -360,7 +397,7 @@ def clinical_report(
 ) -> dict[str, Any]:
     """Run the clinical analyses of a run on its bias-corrected gap and write tables and figures.
 
-    The correction is that of :func:`brainage_core.metrics.evaluate_run` with the same
+    The correction is that of :func:`brainage_core.analysis.metrics.evaluate_run` with the same
     ``method`` and ``controls_manifest``. Writes into ``out_dir`` (default ``RUN_DIR/clinical``):
     ``gap_by_group.csv``, ``severity_associations.csv``, ``gap_by_group.png``, one
     ``gap_vs_<score>.png`` per tested score, and ``true_gap_recovery.json`` (corrected and raw

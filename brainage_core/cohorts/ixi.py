@@ -49,25 +49,25 @@ from brainage_core.fileio import atomic_path, sha256_file, write_json
 from brainage_core.manifest import write_manifest
 
 __all__ = [
-    "SITES",
+    "QC_BRAIN_VOLUME_ML",
     "QC_MIN_CORRELATION",
     "QC_MIN_DICE",
-    "QC_BRAIN_VOLUME_ML",
-    "IxiScan",
+    "SITES",
+    "CorruptImageError",
     "Demographics",
     "ImportReport",
-    "CorruptImageError",
+    "IxiScan",
     "Template",
+    "assign_folds",
+    "import_ixi",
+    "load_template",
     "parse_ixi_name",
+    "passes_qc",
+    "qc_metrics",
     "read_demographics",
     "read_ixi_xls",
     "read_participants_csv",
-    "load_template",
     "register_to_template",
-    "qc_metrics",
-    "passes_qc",
-    "assign_folds",
-    "import_ixi",
 ]
 
 SITES: tuple[str, ...] = ("HH", "Guys", "IOP")  # Hammersmith, Guy's, Institute of Psychiatry
@@ -297,7 +297,7 @@ def load_template(spacing: float = 2.0) -> Template:
     linearly and thresholded at one half.
     """
     t1 = sitk.Cast(sitk.ReadImage(str(_TEMPLATE_T1)), sitk.sitkFloat32)
-    size = [int(math.floor((n - 1) * s / spacing)) + 1 for n, s in zip(t1.GetSize(), t1.GetSpacing())]
+    size = [math.floor((n - 1) * s / spacing) + 1 for n, s in zip(t1.GetSize(), t1.GetSpacing())]
     grid = sitk.Image(size, sitk.sitkFloat32)
     grid.SetOrigin(t1.GetOrigin())
     grid.SetDirection(t1.GetDirection())
@@ -372,7 +372,9 @@ def _optimise(
     return float(method.GetMetricValue())
 
 
-def register_to_template(moving: sitk.Image, template: Template, seed: int = SEED) -> tuple[sitk.AffineTransform, float]:
+def register_to_template(
+    moving: sitk.Image, template: Template, seed: int = SEED
+) -> tuple[sitk.AffineTransform, float]:
     """Affinely register a skull-stripped scan to the template brain.
 
     Moments-based centring, then a similarity stage (rotation, translation, one scale) at
@@ -417,7 +419,9 @@ def _fallback_mask(head: sitk.Image, template: Template, seed: int) -> sitk.Imag
     corrected = _n4(head, sitk.OtsuThreshold(head, 0, 1))
     radius = [max(1, round(FALLBACK_EROSION_MM / spacing)) for spacing in head.GetSpacing()]
     core = sitk.BinaryErode(sitk.OtsuThreshold(corrected, 0, 1), radius)
-    largest = sitk.Cast(sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1, sitk.sitkUInt8)
+    largest = sitk.Cast(
+        sitk.RelabelComponent(sitk.ConnectedComponent(core), sortByObjectSize=True) == 1, sitk.sitkUInt8
+    )
     rough = sitk.BinaryFillhole(sitk.BinaryDilate(largest, radius))
     transform, _ = register_to_template(corrected * sitk.Cast(rough, sitk.sitkFloat32), template, seed)
     native = sitk.Resample(template.mask, head, transform.GetInverse(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -447,7 +451,7 @@ def qc_metrics(image: np.ndarray, mask: np.ndarray, template: Template) -> dict[
 
 def _qc_figure(path: Path, image: np.ndarray, template_mask: np.ndarray, title: str) -> None:
     """Save three orthogonal slices of ``image`` ([Z, Y, X], RAS) with the template brain outline."""
-    centre = [int(round(c)) for c in np.argwhere(template_mask).mean(axis=0)]
+    centre = [round(c) for c in np.argwhere(template_mask).mean(axis=0)]
     vmax = float(np.percentile(image[image > 0], 99.5)) if (image > 0).any() else 1.0
     views = (
         ("sagittal", image[:, :, centre[2]], template_mask[:, :, centre[2]]),
@@ -543,7 +547,9 @@ def _process(job: _Job) -> dict[str, object]:
     brain = corrected * sitk.Cast(native_mask, sitk.sitkFloat32)
     transform, metric = register_to_template(brain, template, SEED)
 
-    mask = sitk.Resample(sitk.Cast(native_mask, sitk.sitkFloat32), template.brain, transform, sitk.sitkLinear, 0.0) > 0.5
+    mask = (
+        sitk.Resample(sitk.Cast(native_mask, sitk.sitkFloat32), template.brain, transform, sitk.sitkLinear, 0.0) > 0.5
+    )
     mask = sitk.Cast(mask, sitk.sitkUInt8)
     image = sitk.Resample(corrected, template.brain, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     image = image * sitk.Cast(mask, sitk.sitkFloat32)
@@ -577,7 +583,9 @@ def _process(job: _Job) -> dict[str, object]:
 def passes_qc(qc: dict[str, float]) -> bool:
     """Whether a scan's QC metrics meet the documented thresholds (see :func:`import_ixi`)."""
     low, high = QC_BRAIN_VOLUME_ML
-    return bool(qc["correlation"] >= QC_MIN_CORRELATION and qc["dice"] >= QC_MIN_DICE and low <= qc["brain_volume_ml"] <= high)
+    return bool(
+        qc["correlation"] >= QC_MIN_CORRELATION and qc["dice"] >= QC_MIN_DICE and low <= qc["brain_volume_ml"] <= high
+    )
 
 
 def _run_job(job: _Job) -> tuple[str, str, dict[str, object] | str]:
@@ -603,7 +611,9 @@ def _init_worker() -> None:
 # --------------------------------------------------------------------------- folds, report
 
 
-def assign_folds(ages: Iterable[float], subject_ids: Iterable[str], n_folds: int = N_FOLDS, seed: int = SEED) -> np.ndarray:
+def assign_folds(
+    ages: Iterable[float], subject_ids: Iterable[str], n_folds: int = N_FOLDS, seed: int = SEED
+) -> np.ndarray:
     """Age-stratified fold per subject, deterministic.
 
     Subjects are sorted by age (ties by id) and cut into consecutive bins of ``n_folds``;
@@ -694,7 +704,12 @@ def _scan_folder(t1_dir: Path, report: ImportReport) -> tuple[dict[str, IxiScan]
 
 
 def _plan(
-    scans: dict[str, IxiScan], table: Demographics, mask_dir: Path | None, out_dir: Path, spacing: float, report: ImportReport
+    scans: dict[str, IxiScan],
+    table: Demographics,
+    mask_dir: Path | None,
+    out_dir: Path,
+    spacing: float,
+    report: ImportReport,
 ) -> list[_Job]:
     """A job per scan with usable demographics (and mask); every other scan goes to the report."""
     source = Path(table.source).name
@@ -730,21 +745,27 @@ def _run(jobs: list[_Job], workers: int | None, progress: bool, report: ImportRe
     report.n_cached = len(records)
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(to_run)))
-    with tqdm(total=len(to_run), desc="IXI import", unit="scan", disable=not progress) as bar:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
-            for future in as_completed([pool.submit(_run_job, job) for job in to_run]):
-                subject_id, status, payload = future.result()
-                if status == "ok":
-                    records[subject_id] = payload
-                else:
-                    (report.corrupt if status == "corrupt" else report.failed).append(str(payload))
-                bar.update()
+    with (
+        tqdm(total=len(to_run), desc="IXI import", unit="scan", disable=not progress) as bar,
+        ProcessPoolExecutor(workers, initializer=_init_worker) as pool,
+    ):
+        for future in as_completed([pool.submit(_run_job, job) for job in to_run]):
+            subject_id, status, payload = future.result()
+            if status == "ok":
+                records[subject_id] = payload
+            else:
+                (report.corrupt if status == "corrupt" else report.failed).append(str(payload))
+            bar.update()
     report.n_processed = len(records) - report.n_cached
     return records
 
 
 def _manifest(
-    jobs: list[_Job], records: dict[str, dict[str, object]], table: Demographics, include_failed_qc: bool, report: ImportReport
+    jobs: list[_Job],
+    records: dict[str, dict[str, object]],
+    table: Demographics,
+    include_failed_qc: bool,
+    report: ImportReport,
 ) -> pd.DataFrame:
     """Manifest rows of the processed scans (QC failures reported, and dropped unless kept), with folds."""
     rows = []
@@ -834,7 +855,9 @@ def import_ixi(
     if mask_dir is not None and not mask_dir.is_dir():
         raise FileNotFoundError(f"mask folder not found: {mask_dir} (leave it out to use the template fallback)")
     table = read_demographics(demographics)
-    report = ImportReport(out_dir=str(out_dir), manifest=str(out_dir / "manifest.csv"), include_failed_qc=include_failed_qc)
+    report = ImportReport(
+        out_dir=str(out_dir), manifest=str(out_dir / "manifest.csv"), include_failed_qc=include_failed_qc
+    )
     scans, repeated = _scan_folder(t1_dir, report)
     in_table = set(table.table.index) | set(table.conflicting) | set(table.invalid)
     report.not_on_disk = sorted(in_table - set(scans) - repeated)
@@ -845,7 +868,9 @@ def import_ixi(
 
     jobs = _plan(scans, table, mask_dir, out_dir, float(spacing), report)
     records = _run(jobs, workers, progress, report)
-    qc_frame = pd.DataFrame([{**records[key], "qc_pass": passes_qc(records[key])} for key in sorted(records)], columns=QC_COLUMNS)
+    qc_frame = pd.DataFrame(
+        [{**records[key], "qc_pass": passes_qc(records[key])} for key in sorted(records)], columns=QC_COLUMNS
+    )
     with atomic_path(out_dir / "qc.csv", suffix=".csv") as temp:
         qc_frame.to_csv(temp, index=False)
     manifest = _manifest(jobs, records, table, include_failed_qc, report)

@@ -21,15 +21,19 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from brainage_core import workflow
-from brainage_core.metrics import metrics_with_ci
+from brainage_core.analysis.metrics import metrics_with_ci
+from brainage_core.book import workflow
 from brainage_core.manifest import read_manifest
 
-__all__ = ["cv_runs", "out_of_fold_predictions", "region_volumes", "baseline_cv_predictions", "cv_summary"]
+__all__ = ["baseline_cv_predictions", "cv_runs", "cv_summary", "out_of_fold_predictions", "region_volumes"]
 
 
 def cv_runs(
-    manifest: str | os.PathLike[str], losses: Sequence[str], runs_root: str | os.PathLike[str], progress: bool = False, **config: Any
+    manifest: str | os.PathLike[str],
+    losses: Sequence[str],
+    runs_root: str | os.PathLike[str],
+    progress: bool = False,
+    **config: Any,
 ) -> dict[tuple[str, int], Path]:
     """Train (or reuse) one run per loss and fold into ``runs_root/<loss>_fold<k>``.
 
@@ -38,7 +42,7 @@ def cv_runs(
         losses: loss names (see :mod:`brainage_core.losses`).
         runs_root: folder of the run directories.
         progress: show progress bars.
-        config: further :func:`~brainage_core.workflow.make_config` arguments (spacing, epochs...).
+        config: further :func:`~brainage_core.book.workflow.make_config` arguments (spacing, epochs...).
 
     Returns:
         ``{(loss, fold): run_dir}``.
@@ -52,7 +56,9 @@ def cv_runs(
     for loss in losses:
         for fold in folds:
             run_config = workflow.make_config(manifest, loss=loss, extra=[*extra, f"data.test_fold={fold}"], **config)
-            runs[(loss, fold)] = workflow.ensure_run(run_config, Path(runs_root) / f"{loss}_fold{fold}", progress=progress)
+            runs[(loss, fold)] = workflow.ensure_run(
+                run_config, Path(runs_root) / f"{loss}_fold{fold}", progress=progress
+            )
     return runs
 
 
@@ -69,7 +75,17 @@ def out_of_fold_predictions(runs: dict[tuple[str, int], str | os.PathLike[str]])
     for (method, fold), run_dir in runs.items():
         predictions = pd.read_csv(Path(run_dir) / "predictions.csv")
         test = predictions[predictions["split"] == "test"]
-        parts.append(pd.DataFrame({"method": method, "fold": fold, "subject_id": test["subject_id"], "age": test["age"], "predicted_age": test["predicted_age"]}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "fold": fold,
+                    "subject_id": test["subject_id"],
+                    "age": test["age"],
+                    "predicted_age": test["predicted_age"],
+                }
+            )
+        )
     table = pd.concat(parts, ignore_index=True)
     duplicated = table.duplicated(["method", "subject_id"])
     if duplicated.any():
@@ -109,9 +125,24 @@ def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.S
     parts = []
     for fold in sorted(folds.unique()):
         test, train = (folds == fold).to_numpy(), (folds != fold).to_numpy()
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29))).fit(features[train], ages[train])
-        for method, predicted in (("ridge_regions", model.predict(features[test])), ("mean", np.full(test.sum(), ages[train].mean()))):
-            parts.append(pd.DataFrame({"method": method, "fold": fold, "subject_id": features.index[test], "age": ages[test].to_numpy(), "predicted_age": predicted}))
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29))).fit(
+            features[train], ages[train]
+        )
+        for method, predicted in (
+            ("ridge_regions", model.predict(features[test])),
+            ("mean", np.full(test.sum(), ages[train].mean())),
+        ):
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "method": method,
+                        "fold": fold,
+                        "subject_id": features.index[test],
+                        "age": ages[test].to_numpy(),
+                        "predicted_age": predicted,
+                    }
+                )
+            )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -119,7 +150,13 @@ def cv_summary(predictions: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> 
     """MAE, R2 and Pearson r with bootstrap 95% CIs per method, on out-of-fold predictions."""
     rows = []
     for method, group in predictions.groupby("method", sort=False):
-        result = metrics_with_ci(group["age"].to_numpy(), group["predicted_age"].to_numpy(), n_boot=n_boot, seed=seed, metrics=("mae", "r2", "pearson_r"))
+        result = metrics_with_ci(
+            group["age"].to_numpy(),
+            group["predicted_age"].to_numpy(),
+            n_boot=n_boot,
+            seed=seed,
+            metrics=("mae", "r2", "pearson_r"),
+        )
         row: dict[str, Any] = {"method": method, "n": len(group)}
         for name, values in result.items():
             row[name] = values["value"]

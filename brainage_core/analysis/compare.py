@@ -18,21 +18,21 @@ from scipy import stats
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
+from brainage_core.analysis.metrics import mae_by_age_band, prediction_consistency, regression_metrics
 from brainage_core.data import VolumeDataset, load_manifest_volumes
 from brainage_core.manifest import read_manifest
-from brainage_core.metrics import mae_by_age_band, prediction_consistency, regression_metrics
 from brainage_core.train import extract_features, load_run_model, predict_ages
 
 __all__ = [
-    "healthy_test_rows",
+    "analyse_features",
     "collect_runs",
-    "summarise_methods",
-    "mean_predictor_verdict",
-    "paired_tests",
+    "describe_comparison",
     "errors_by_age_band",
     "feature_continuity",
-    "describe_comparison",
-    "analyse_features",
+    "healthy_test_rows",
+    "mean_predictor_verdict",
+    "paired_tests",
+    "summarise_methods",
 ]
 
 
@@ -99,7 +99,11 @@ def mean_predictor_verdict(runs: pd.DataFrame) -> str:
     """
     losing = runs[runs["mae"] >= runs["mean_predictor_mae"]]
     baseline = runs["mean_predictor_mae"]
-    level = f"{baseline.iloc[0]:.2f} years" if baseline.nunique() == 1 else f"{baseline.min():.2f}-{baseline.max():.2f} years"
+    level = (
+        f"{baseline.iloc[0]:.2f} years"
+        if baseline.nunique() == 1
+        else f"{baseline.min():.2f}-{baseline.max():.2f} years"
+    )
     if losing.empty:
         return f"All {len(runs)} runs beat the mean predictor (test MAE {level})."
     names = ", ".join(f"{row.method.upper()} seed {row.seed} ({row.mae:.2f})" for row in losing.itertuples())
@@ -132,7 +136,9 @@ def paired_tests(runs: pd.DataFrame, errors: pd.DataFrame, reference: str = "rnc
         else:
             t_statistic, p_seeds = np.nan, np.nan
         subjects = by_subject[[reference, method]].dropna()
-        p_subjects = float(stats.wilcoxon(subjects[method], subjects[reference]).pvalue) if len(subjects) >= 2 else np.nan
+        p_subjects = (
+            float(stats.wilcoxon(subjects[method], subjects[reference]).pvalue) if len(subjects) >= 2 else np.nan
+        )
         rows.append(
             {
                 "method": method,
@@ -163,14 +169,20 @@ def describe_comparison(tests: pd.DataFrame, reference: str, method: str, alpha:
     if np.isnan(p_value):
         return f"{better.upper()} has a {size} than {worse.upper()} {seeds}; too few subjects for a paired test."
     if p_value < alpha:
-        return (f"{better.upper()} has a {size} than {worse.upper()} {seeds}, a significant difference "
-                f"(paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}).")
-    return (f"{better.upper()} has a {size} than {worse.upper()} {seeds}, but the difference is not "
-            f"significant (paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}): "
-            f"on these data the two cannot be told apart.")
+        return (
+            f"{better.upper()} has a {size} than {worse.upper()} {seeds}, a significant difference "
+            f"(paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g})."
+        )
+    return (
+        f"{better.upper()} has a {size} than {worse.upper()} {seeds}, but the difference is not "
+        f"significant (paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}): "
+        f"on these data the two cannot be told apart."
+    )
 
 
-def errors_by_age_band(errors: pd.DataFrame, edges: tuple[float, ...] = (0, 30, 40, 50, 60, 70, 80, math.inf)) -> pd.DataFrame:
+def errors_by_age_band(
+    errors: pd.DataFrame, edges: tuple[float, ...] = (0, 30, 40, 50, 60, 70, 80, math.inf)
+) -> pd.DataFrame:
     """MAE and mean gap per age band for each method (all seeds pooled)."""
     tables = [
         mae_by_age_band(group["age"], group["predicted_age"], edges=edges).assign(method=method)
@@ -196,14 +208,16 @@ def feature_continuity(features: np.ndarray, ages: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def analyse_features(run_dir: str | os.PathLike[str], n_augmentations: int = 8, seed: int = 0, device: str = "cpu") -> dict:
+def analyse_features(
+    run_dir: str | os.PathLike[str], n_augmentations: int = 8, seed: int = 0, device: str = "cpu"
+) -> dict:
     """Feature-space and robustness analysis of one run on its test controls.
 
     Returns:
         ``pca`` (DataFrame: subject_id, age, pc1, pc2), ``continuity`` (see
         :func:`feature_continuity`) and ``consistency`` (SD of the predicted age over
         ``n_augmentations`` augmented copies of each scan, with the run's augmentation settings;
-        see :func:`~brainage_core.metrics.prediction_consistency`).
+        see :func:`~brainage_core.analysis.metrics.prediction_consistency`).
     """
     model, config = load_run_model(run_dir, device)
     predictions = healthy_test_rows(pd.read_csv(Path(run_dir) / "predictions.csv"))
@@ -221,7 +235,14 @@ def analyse_features(run_dir: str | os.PathLike[str], n_augmentations: int = 8, 
         [predict_ages(model, dataset[index][0], torch_device).numpy() for index in range(len(dataset))]
     )  # augmented: [N, n_augmentations]
     return {
-        "pca": pd.DataFrame({"subject_id": predictions["subject_id"].to_numpy(), "age": ages, "pc1": coordinates[:, 0], "pc2": coordinates[:, 1]}),
+        "pca": pd.DataFrame(
+            {
+                "subject_id": predictions["subject_id"].to_numpy(),
+                "age": ages,
+                "pc1": coordinates[:, 0],
+                "pc2": coordinates[:, 1],
+            }
+        ),
         "continuity": feature_continuity(features, ages),
         "consistency": prediction_consistency(augmented),
     }

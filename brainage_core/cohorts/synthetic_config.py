@@ -3,9 +3,9 @@
 :class:`SynthConfig` holds the parameters; :func:`sample_subjects` draws each subject's
 scalars (group, age, sex, gap, scores, head size, pose, site) from them, and
 :func:`aging_targets` turns a subject into the volume changes that
-:mod:`brainage_core.synth` builds into the images.
+:mod:`brainage_core.cohorts.synthetic` builds into the images.
 
-:class:`SynthConfig` is read by :func:`brainage_core.synth.generate_cohort`. Each effect size
+:class:`SynthConfig` is read by :func:`brainage_core.cohorts.synthetic.generate_cohort`. Each effect size
 carries, in the comment beside it, the BibTeX key (``book/references.bib``) of the work it is
 taken from. Numbers marked "design choice" are not taken from the literature: they set up the
 phantom (group mix, scanner spread, split) and are documented in
@@ -37,18 +37,18 @@ from scipy.stats import truncnorm
 
 __all__ = [
     "SYNTH_GROUPS",
-    "GroupSpec",
     "AgingEffects",
+    "AnatomyVariation",
     "ClinicalScores",
     "DiseaseEffects",
-    "AnatomyVariation",
+    "GroupSpec",
     "ScannerEffects",
-    "TissueIntensities",
-    "SynthConfig",
     "SubjectParams",
-    "sample_subjects",
-    "assign_splits",
+    "SynthConfig",
+    "TissueIntensities",
     "aging_targets",
+    "assign_splits",
+    "sample_subjects",
 ]
 
 SYNTH_GROUPS: tuple[str, ...] = ("CN", "AD", "PD")  # groups the phantom can simulate
@@ -155,8 +155,12 @@ class ClinicalScores:
 
     def __post_init__(self) -> None:
         # YAML and JSON give keys as ints or strings; stages and probabilities are floats.
-        for name in ("ad_cdr_probabilities", "ad_mmse_mean_by_cdr", "pd_hoehn_yahr_probabilities",
-                     "pd_updrs3_mean_by_hoehn_yahr"):
+        for name in (
+            "ad_cdr_probabilities",
+            "ad_mmse_mean_by_cdr",
+            "pd_hoehn_yahr_probabilities",
+            "pd_updrs3_mean_by_hoehn_yahr",
+        ):
             setattr(self, name, {float(k): float(v) for k, v in getattr(self, name).items()})
 
 
@@ -364,16 +368,41 @@ class SynthConfig:
             need(f"scores.pd_updrs3_mean_by_hoehn_yahr[{stage}]", updrs, 0.0, 132.0)
 
         section_limits: tuple[tuple[str, dict[str, tuple[float, float]]], ...] = (
-            ("disease", {"ad_hippocampal_loss_max": (0.0, 0.9), "severity_reference_updrs3": (1.0, 132.0),
-                         "ad_wmh_factor": (0.0, 10.0)}),
-            ("anatomy", {"head_scale_sd": (0.0, 0.1), "head_scale_sex_difference": (0.0, 0.2),
-                         "deformation_sd_mm": (0.0, 6.0), "deformation_spacing_mm": (8.0, 200.0),
-                         "rotation_max_deg": (0.0, 15.0), "translation_max_mm": (0.0, 15.0)}),
-            ("scanner", {"n_sites": (1, 100), "site_gain_sd": (0.0, 0.5), "site_contrast_sd": (0.0, 0.2),
-                         "site_noise_sd": (0.0, 1.0), "noise_sd": (0.0, 0.3), "bias_field_sd": (0.0, 0.5),
-                         "bias_field_spacing_mm": (20.0, 500.0)}),
-            ("intensities", {"wm": (0.0, 10.0), "gm": (0.0, 10.0), "csf": (0.0, 10.0), "wmh": (0.0, 10.0),
-                             "scale": (1.0, 20000.0)}),
+            (
+                "disease",
+                {
+                    "ad_hippocampal_loss_max": (0.0, 0.9),
+                    "severity_reference_updrs3": (1.0, 132.0),
+                    "ad_wmh_factor": (0.0, 10.0),
+                },
+            ),
+            (
+                "anatomy",
+                {
+                    "head_scale_sd": (0.0, 0.1),
+                    "head_scale_sex_difference": (0.0, 0.2),
+                    "deformation_sd_mm": (0.0, 6.0),
+                    "deformation_spacing_mm": (8.0, 200.0),
+                    "rotation_max_deg": (0.0, 15.0),
+                    "translation_max_mm": (0.0, 15.0),
+                },
+            ),
+            (
+                "scanner",
+                {
+                    "n_sites": (1, 100),
+                    "site_gain_sd": (0.0, 0.5),
+                    "site_contrast_sd": (0.0, 0.2),
+                    "site_noise_sd": (0.0, 1.0),
+                    "noise_sd": (0.0, 0.3),
+                    "bias_field_sd": (0.0, 0.5),
+                    "bias_field_spacing_mm": (20.0, 500.0),
+                },
+            ),
+            (
+                "intensities",
+                {"wm": (0.0, 10.0), "gm": (0.0, 10.0), "csf": (0.0, 10.0), "wmh": (0.0, 10.0), "scale": (1.0, 20000.0)},
+            ),
         )
         for name, limits in section_limits:
             section = getattr(self, name)
@@ -468,7 +497,7 @@ def _streams(seed: int) -> list[np.random.SeedSequence]:
 def _largest_remainder(fractions: dict[Any, float], n: int) -> dict[Any, int]:
     """Integer counts summing to ``n`` closest to ``fraction * n`` (ties: first key first)."""
     exact = {key: fraction * n for key, fraction in fractions.items()}
-    counts = {key: int(math.floor(value)) for key, value in exact.items()}
+    counts = {key: math.floor(value) for key, value in exact.items()}
     by_remainder = sorted(exact, key=lambda key: -(exact[key] - counts[key]))
     for key in by_remainder[: n - sum(counts.values())]:
         counts[key] += 1

@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["plot_learning_curves", "plot_predicted_vs_true", "plot_volume_slices", "GROUP_COLOURS"]
+__all__ = ["GROUP_COLOURS", "plot_learning_curves", "plot_predicted_vs_true", "plot_volume_slices"]
 
 GROUP_COLOURS = {"CN": "#4C72B0", "MCI": "#8172B3", "AD": "#C44E52", "PD": "#DD8452"}
 
@@ -31,11 +31,15 @@ def plot_learning_curves(metrics: pd.DataFrame, title: str = "") -> Figure:
     return fig
 
 
-def plot_predicted_vs_true(predictions: pd.DataFrame, predicted: str = "predicted_age", ax: plt.Axes | None = None, title: str = "") -> plt.Axes:
+def plot_predicted_vs_true(
+    predictions: pd.DataFrame, predicted: str = "predicted_age", ax: plt.Axes | None = None, title: str = ""
+) -> plt.Axes:
     """Scatter of predicted vs chronological age, coloured by group, with the identity line."""
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4))
-    sns.scatterplot(data=predictions, x="age", y=predicted, hue="group", palette=GROUP_COLOURS, s=22, ax=ax, edgecolor="none")
+    sns.scatterplot(
+        data=predictions, x="age", y=predicted, hue="group", palette=GROUP_COLOURS, s=22, ax=ax, edgecolor="none"
+    )
     low = float(min(predictions["age"].min(), predictions[predicted].min()))
     high = float(max(predictions["age"].max(), predictions[predicted].max()))
     ax.plot([low, high], [low, high], color="black", linewidth=0.8)
@@ -44,7 +48,9 @@ def plot_predicted_vs_true(predictions: pd.DataFrame, predicted: str = "predicte
     return ax
 
 
-def plot_volume_slices(volumes: Sequence[np.ndarray], labels: Sequence[str], cmap: str = "gray", vmax: float | None = None) -> Figure:
+def plot_volume_slices(
+    volumes: Sequence[np.ndarray], labels: Sequence[str], cmap: str = "gray", vmax: float | None = None
+) -> Figure:
     """Axial, coronal and sagittal middle slices of several RAS volumes, one row each.
 
     Args:

@@ -18,7 +18,16 @@ from brainage_core.manifest import read_manifest
 from brainage_core.ownership import clear_owned_folder
 from brainage_core.rundir import is_finished_run
 
-__all__ = ["SMOKE", "smoke_mode", "smoke_paths", "ensure_cohort", "resolve_manifest", "make_config", "ensure_run", "is_finished_run"]
+__all__ = [
+    "SMOKE",
+    "ensure_cohort",
+    "ensure_run",
+    "is_finished_run",
+    "make_config",
+    "resolve_manifest",
+    "smoke_mode",
+    "smoke_paths",
+]
 
 # Settings that shrink a chapter to a few seconds (nbmake tests, the `smoke` profile).
 SMOKE: dict[str, Any] = {
@@ -54,22 +63,28 @@ def smoke_paths(*paths: str) -> list[str]:
     return [path.replace(STANDALONE, STANDALONE_SMOKE) if STANDALONE in path else path for path in paths]
 
 
-def ensure_cohort(cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int, spacing: float, progress: bool = True) -> Path:
+def ensure_cohort(
+    cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int, spacing: float, progress: bool = True
+) -> Path:
     """Return the manifest of a synthetic cohort in ``cohort_dir``, generating it if needed.
 
     An existing cohort is reused only if its ``cohort.json`` records the same size, seed and
     spacing and its manifest is complete; otherwise the folder is regenerated, which replaces only
     the cohort's own files and refuses a folder holding anything else (see
-    :func:`~brainage_core.synth.generate_cohort`).
+    :func:`~brainage_core.cohorts.synthetic.generate_cohort`).
     """
-    from brainage_core.synth import generate_cohort
+    from brainage_core.cohorts.synthetic import generate_cohort
 
     cohort_dir = Path(cohort_dir)
     manifest = cohort_dir / "manifest.csv"
     record = cohort_dir / "cohort.json"
     if manifest.is_file() and record.is_file():
         recorded = json.loads(record.read_text())
-        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == (n_subjects, seed, float(spacing)):
+        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == (
+            n_subjects,
+            seed,
+            float(spacing),
+        ):
             return manifest
     return generate_cohort(cohort_dir, n_subjects=n_subjects, seed=seed, spacing=spacing, progress=progress)
 
@@ -146,11 +161,10 @@ def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: boo
     run_dir = Path(run_dir)
     wanted = config_to_dict(config)
     existing = run_dir / "config.yaml"
-    if existing.is_file():
-        if config_to_dict(load_config(existing)) == wanted:
-            if is_finished_run(run_dir):
-                return run_dir
-            if (run_dir / "checkpoint.pt").is_file():
-                return train(config, run_dir, resume=True, progress=progress)
+    if existing.is_file() and config_to_dict(load_config(existing)) == wanted:
+        if is_finished_run(run_dir):
+            return run_dir
+        if (run_dir / "checkpoint.pt").is_file():
+            return train(config, run_dir, resume=True, progress=progress)
     clear_owned_folder(run_dir, "a run with another configuration")
     return train(config, run_dir, progress=progress)

@@ -19,6 +19,7 @@ set with percentile-bootstrap intervals and writes ``metrics.json`` and
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -37,21 +38,21 @@ from brainage_core.manifest import read_manifest
 from brainage_core.ownership import claim
 
 __all__ = [
+    "DEFAULT_AGE_EDGES",
     "HEALTHY_GROUP",
     "METRICS",
-    "DEFAULT_AGE_EDGES",
     "BiasCorrection",
-    "regression_metrics",
     "bootstrap_ci",
-    "metrics_with_ci",
-    "fit_bias_correction",
-    "select_correction_subjects",
     "controls_from_manifest",
     "corrected_predictions",
+    "evaluate_run",
+    "fit_bias_correction",
     "mae_by_age_band",
+    "metrics_with_ci",
     "prediction_consistency",
     "read_predictions",
-    "evaluate_run",
+    "regression_metrics",
+    "select_correction_subjects",
 ]
 
 HEALTHY_GROUP = "CN"
@@ -372,7 +373,7 @@ def mae_by_age_band(
         raise ValueError(f"age-band edges must be at least two strictly increasing values; got {edges}")
     labels = [
         f"<{upper:g}" if lower == -math.inf else f">={lower:g}" if upper == math.inf else f"{lower:g}-{upper:g}"
-        for lower, upper in zip(edges[:-1], edges[1:])
+        for lower, upper in itertools.pairwise(edges)
     ]
     bands = pd.cut(age, edges, right=False, labels=labels)
     outside = int(pd.isna(bands).sum())

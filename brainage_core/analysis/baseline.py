@@ -1,7 +1,7 @@
 """A floor for brain-age models: ridge regression on simple image measures.
 
 :func:`baseline_age_prediction` fits ridge on tissue volumes measured from the images (by
-:func:`brainage_core.synth.image_tissue_volumes`) or on downsampled voxels. It checks that a
+:func:`brainage_core.cohorts.synthetic.image_tissue_volumes`) or on downsampled voxels. It checks that a
 cohort (the synthetic one in particular) carries age information a simple model can find, but
 not so cleanly that age is read off perfectly: a deep model should beat this floor, and the
 mean predictor is the floor's own floor.
@@ -21,10 +21,10 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
+from brainage_core.cohorts.synthetic import image_tissue_volumes
 from brainage_core.manifest import read_manifest
-from brainage_core.synth import image_tissue_volumes
 
-__all__ = ["downsampled_voxels", "baseline_age_prediction"]
+__all__ = ["baseline_age_prediction", "downsampled_voxels"]
 
 
 def downsampled_voxels(

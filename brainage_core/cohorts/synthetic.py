@@ -55,23 +55,29 @@ from scipy.special import expit
 from tqdm import tqdm
 
 from brainage_core import __version__
+from brainage_core.cohorts.synthetic_config import (
+    SubjectParams,
+    SynthConfig,
+    aging_targets,
+    assign_splits,
+    sample_subjects,
+)
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import validate_manifest, write_manifest
 from brainage_core.ownership import claim, refuse_foreign_files, remove_owned, remove_stale_temp_files
-from brainage_core.synth_config import SubjectParams, SynthConfig, aging_targets, assign_splits, sample_subjects
 
 __all__ = [
-    "SynthConfig",
     "REGIONS",
-    "SynthModel",
     "SubjectImages",
-    "template_dir",
+    "SynthConfig",
+    "SynthModel",
+    "generate_cohort",
+    "image_tissue_volumes",
     "load_template",
     "prepare_model",
     "synthesize_subject",
+    "template_dir",
     "tissue_volumes",
-    "image_tissue_volumes",
-    "generate_cohort",
 ]
 
 FORMAT_VERSION = 1
@@ -117,7 +123,7 @@ def template_dir() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError("nilearn is not installed; the synthetic cohort needs the MNI templates in its wheel")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
 
 
 def _check_spacing(spacing: float) -> None:
@@ -631,9 +637,12 @@ def _write_nifti(volume: np.ndarray, affine: np.ndarray, path: Path, slope: floa
     if slope != 1.0:
         image.header.set_slope_inter(slope, 0.0)
     payload = image.to_bytes()
-    with atomic_path(path, suffix=".nii.gz") as temp, open(temp, "wb") as raw:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as stream:
-            stream.write(payload)
+    with (
+        atomic_path(path, suffix=".nii.gz") as temp,
+        open(temp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as stream,
+    ):
+        stream.write(payload)
 
 
 def _subject_path(out_dir: Path, subject_id: str, kind: str) -> Path:
@@ -788,15 +797,25 @@ def generate_cohort(
     subjects = sample_subjects(int(n_subjects), int(seed), config)
     splits = assign_splits(subjects, config, int(seed))
     # Record every file before writing it: an interrupted run leaves only provably own files.
-    claim(out_dir, [*_TOP_FILES, *(_subject_path(out_dir, s.subject_id, kind) for s in subjects for kind in _SUBJECT_DIRS)])
+    claim(
+        out_dir,
+        [*_TOP_FILES, *(_subject_path(out_dir, s.subject_id, kind) for s in subjects for kind in _SUBJECT_DIRS)],
+    )
     tasks = [(subject, str(out_dir)) for subject in subjects]
     volumes = _synthesize_all(prepare_model(spacing, config), tasks, workers, progress)
     rows, truth = [], []
     for subject, split, volume in zip(subjects, splits, volumes):
         paths = {kind: str(_subject_path(out_dir, subject.subject_id, kind).resolve()) for kind in _SUBJECT_DIRS}
         scores = {"mmse": subject.mmse, "cdr": subject.cdr, "updrs3": subject.updrs3, "hoehn_yahr": subject.hoehn_yahr}
-        common = {"subject_id": subject.subject_id, "image": paths["image"], "age": subject.age, "sex": subject.sex,
-                  "group": subject.group, "site": subject.site, "split": split}
+        common = {
+            "subject_id": subject.subject_id,
+            "image": paths["image"],
+            "age": subject.age,
+            "sex": subject.sex,
+            "group": subject.group,
+            "site": subject.site,
+            "split": split,
+        }
         truth_columns = {"true_gap": subject.true_gap, "effect_map": paths["effect_map"]}
         rows.append(common | {"mask": paths["mask"]} | scores | truth_columns)
         truth.append(

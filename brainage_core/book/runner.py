@@ -51,7 +51,7 @@ import yaml
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.ownership import claim, clear_owned_folder
 
-__all__ = ["RunSpec", "RunOutcome", "load_runs", "run_book", "build_book", "book_output_dir", "PROFILES"]
+__all__ = ["PROFILES", "RunOutcome", "RunSpec", "book_output_dir", "build_book", "load_runs", "run_book"]
 
 PROFILES = ("smoke", "default", "full")
 BOOK_FILES = ("_config.yml", "_toc.yml")
@@ -162,7 +162,9 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
         axes = entry.get("expand", [])
         missing = [axis for axis in axes if axis not in matrix]
         if missing:
-            raise ValueError(f"{runs_file}: run {entry['name']!r} expands over {missing}, which profile {profile!r} has no matrix for")
+            raise ValueError(
+                f"{runs_file}: run {entry['name']!r} expands over {missing}, which profile {profile!r} has no matrix for"
+            )
         for values in itertools.product(*(matrix[axis] for axis in axes)):
             variables = {
                 **shared,
@@ -182,7 +184,9 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
             own = sorted(entry.get("parameters", {}) or {})
             timeout = float(entry.get("cell_timeout", settings.get("cell_timeout", DEFAULT_CELL_TIMEOUT_S)))
             if not timeout > 0:
-                raise ValueError(f"{runs_file}: run {entry['name']!r}: cell_timeout must be > 0 seconds, got {timeout:g}")
+                raise ValueError(
+                    f"{runs_file}: run {entry['name']!r}: cell_timeout must be > 0 seconds, got {timeout:g}"
+                )
             runs.append(RunSpec(name, entry["notebook"], parameters, sorted(needs), bool(chapter), own, timeout))
     names = [run.name for run in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -217,9 +221,11 @@ def _topological(runs: list[RunSpec], runs_file: Path) -> list[RunSpec]:
 
 
 def _sources_hash() -> str:
+    """Hash of every module of the package, subpackages included: a code change reruns the book."""
+    package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        digest.update(path.name.encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -264,7 +270,9 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
         raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
     undeclared = sorted(set(run.own) - declared)
     if undeclared:
-        raise ValueError(f"{run.notebook} does not declare parameter(s) {undeclared} that run {run.name!r} sets in runs.yml")
+        raise ValueError(
+            f"{run.notebook} does not declare parameter(s) {undeclared} that run {run.name!r} sets in runs.yml"
+        )
     parameters = {k: v for k, v in run.parameters.items() if k in declared}
     work = Path(run.parameters["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
@@ -340,7 +348,12 @@ def run_book(
                 keys[name] = _cache_key(run, root, keys, sources)
                 key_file = output / "keys" / f"{name}.json"
                 executed = output / "notebooks" / f"{name}.ipynb"
-                if not force and executed.is_file() and key_file.is_file() and json.loads(key_file.read_text()).get("key") == keys[name]:
+                if (
+                    not force
+                    and executed.is_file()
+                    and key_file.is_file()
+                    and json.loads(key_file.read_text()).get("key") == keys[name]
+                ):
                     outcomes[name] = RunOutcome(name, "cached")
                     print(f"[book] {name}: unchanged, not executed", file=log, flush=True)
                     continue
@@ -354,7 +367,10 @@ def run_book(
                 seconds = time.perf_counter() - started
                 error = future.exception()
                 if error is None:
-                    write_json(output / "keys" / f"{run.name}.json", {"key": keys[run.name], "seconds": seconds, "parameters": run.parameters})
+                    write_json(
+                        output / "keys" / f"{run.name}.json",
+                        {"key": keys[run.name], "seconds": seconds, "parameters": run.parameters},
+                    )
                     outcomes[run.name] = RunOutcome(run.name, "executed", seconds)
                 else:
                     (output / "keys" / f"{run.name}.json").unlink(missing_ok=True)
@@ -362,15 +378,23 @@ def run_book(
                     stale = output / "notebooks" / f"{run.name}.ipynb"
                     if stale.is_file():
                         stale.unlink()
-                        print(f"[book] {run.name}: removed its previous executed notebook (stale after this failure)", file=log, flush=True)
+                        print(
+                            f"[book] {run.name}: removed its previous executed notebook (stale after this failure)",
+                            file=log,
+                            flush=True,
+                        )
                     message = str(error).strip().splitlines()
                     outcomes[run.name] = RunOutcome(run.name, "failed", seconds, "\n".join(message[-15:]))
                     print(f"[book] {run.name}: FAILED after {seconds:.0f} s", file=log, flush=True)
     ordered = [outcomes[run.name] for run in runs]
     executed = sum(o.status == "executed" for o in ordered)
     cached = sum(o.status == "cached" for o in ordered)
-    print(f"[book] profile {profile}: {executed} executed, {cached} unchanged (not executed), "
-          f"{sum(o.status == 'failed' for o in ordered)} failed, {sum(o.status == 'skipped' for o in ordered)} skipped", file=log, flush=True)
+    print(
+        f"[book] profile {profile}: {executed} executed, {cached} unchanged (not executed), "
+        f"{sum(o.status == 'failed' for o in ordered)} failed, {sum(o.status == 'skipped' for o in ordered)} skipped",
+        file=log,
+        flush=True,
+    )
     if executed == 0 and cached == len(ordered):
         print("[book] nothing changed: no notebook was executed", file=log, flush=True)
     for outcome in ordered:
@@ -420,10 +444,22 @@ def build_book(root: Path, profile: str | None = None, builder: str = "html") ->
                 )
             shutil.copy2(executed, stage / run.notebook)
     command = [
-        str(Path(sys.executable).parent / "jupyter-book"), "build", str(stage),
-        "--path-output", str(root), "--builder", builder, "--warningiserror", "--keep-going", "--all",
+        str(Path(sys.executable).parent / "jupyter-book"),
+        "build",
+        str(stage),
+        "--path-output",
+        str(root),
+        "--builder",
+        builder,
+        "--warningiserror",
+        "--keep-going",
+        "--all",
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
+    completed = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    )
     if completed.returncode != 0:
-        raise RuntimeError(f"jupyter-book build failed (exit {completed.returncode}):\n{completed.stdout[-6000:]}\n{completed.stderr[-6000:]}")
+        raise RuntimeError(
+            f"jupyter-book build failed (exit {completed.returncode}):\n{completed.stdout[-6000:]}\n{completed.stderr[-6000:]}"
+        )
     return root / "_build" / builder / "index.html"
