@@ -26,9 +26,9 @@ from brainage_core.config import RunConfig
 from brainage_core.data import VolumeDataset
 from brainage_core.fileio import write_json
 from brainage_core.imaging import AugmentConfig, build_augmentation
+from brainage_core.inference import resolve_device
 from brainage_core.losses import CONTRASTIVE_LOSSES, RnCLoss, build_loss, rnc_loss_loop
 from brainage_core.models import build_model
-from brainage_core.train import resolve_device
 
 __all__ = [
     "bench_augmentation",

@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from brainage_core.train import predict
+    from brainage_core.inference import predict
 
     result = predict(args.run, args.manifest, args.out, device=args.device, progress=not args.quiet)
     print(f"wrote {args.out} ({len(result)} scans)")

@@ -33,6 +33,7 @@ __all__ = [
     "apply_overrides",
     "config_problems",
     "config_to_dict",
+    "dataclass_from_dict",
     "load_config",
 ]
 
@@ -187,7 +188,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: str = "") -> Any:
+def dataclass_from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from ``values``, appending every problem; bad fields keep defaults."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -206,7 +207,7 @@ def _from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: s
             if not isinstance(values[key], dict):
                 problems.append(f"{name}: must be a section (a mapping of keys), got {values[key]!r}")
                 continue
-            kwargs[key] = _from_dict(annotation, values[key], problems, name)
+            kwargs[key] = dataclass_from_dict(annotation, values[key], problems, name)
             continue
         try:
             kwargs[key] = _coerce(values[key], annotation, name)
@@ -389,7 +390,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
                 ["a run config must be a YAML mapping of sections (data, model, loss, train, ...)"], source
             )
     problems: list[str] = []
-    config = _from_dict(RunConfig, apply_overrides(values, overrides), problems)
+    config = dataclass_from_dict(RunConfig, apply_overrides(values, overrides), problems)
     problems += config_problems(config)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)), source + (" with the overrides" if overrides else ""))

@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-import yaml
 from sklearn.linear_model import RidgeCV
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -43,44 +42,27 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from brainage_core import distributed
-from brainage_core.config import ConfigError, ProbeConfig, RunConfig, config_problems, config_to_dict, load_config
+from brainage_core.config import ConfigError, ProbeConfig, RunConfig, config_problems
 from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
 from brainage_core.fileio import atomic_path
+from brainage_core.inference import extract_features, predict_ages, resolve_device
 from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
 from brainage_core.manifest import read_manifest
-from brainage_core.models import BrainAgeModel, build_model
+from brainage_core.models import build_model
 from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
 from brainage_core.rundir import (
     LOCK_FILES,
     RUN_FILES,
-    CorruptFileError,
-    config_differences,
     is_finished_run,
     load_torch_file,
     lock_run,
+    same_config,
+    write_config,
 )
 
-__all__ = [
-    "RUN_FILES",
-    "extract_features",
-    "fit_linear_probe",
-    "load_run_model",
-    "predict",
-    "predict_ages",
-    "resolve_device",
-    "train",
-]
+__all__ = ["fit_linear_probe", "train"]
 
 LOGGER = logging.getLogger("brainage.train")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use device=cpu or auto")
-    return torch.device(name)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -100,27 +82,6 @@ def _optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
     if optim.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
     raise ValueError(f"unknown train.optimizer {optim.optimizer!r}; use adamw or sgd")
-
-
-@torch.no_grad()
-def extract_features(
-    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
-) -> torch.Tensor:
-    """Encoder features ``[N, D]`` (float32, CPU) of volumes ``[N, 1, X, Y, Z]`` in eval mode."""
-    model.eval()
-    parts = [
-        model.features(volumes[i : i + batch_size].to(device).float()).float().cpu()
-        for i in range(0, len(volumes), batch_size)
-    ]
-    return torch.cat(parts) if parts else torch.empty(0, model.feature_dim)
-
-
-@torch.no_grad()
-def predict_ages(
-    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
-) -> torch.Tensor:
-    """Predicted ages ``[N]`` in years of volumes ``[N, 1, X, Y, Z]``."""
-    return model.regress(extract_features(model, volumes, device, batch_size).to(device)).cpu()
 
 
 def fit_linear_probe(
@@ -365,8 +326,7 @@ def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> None:
     if not checkpoint_path.is_file():
         finished = " (it holds a finished run)" if is_finished_run(run_dir) else ""
         raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist{finished}")
-    stored = load_config(run_dir / "config.yaml")
-    differences = config_differences(config_to_dict(stored), config_to_dict(config))
+    differences = same_config(run_dir, config)
     if differences:
         raise ValueError(
             f"cannot resume {run_dir} with another config; {len(differences)} field(s) differ (stored -> requested):\n"
@@ -438,8 +398,7 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
             trainer.restore(load_torch_file(checkpoint_path, map_location=trainer.device))
             LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
         elif is_main:
-            with atomic_path(run_dir / "config.yaml") as temp:
-                temp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+            write_config(run_dir, config)
         LOGGER.info(
             "loss=%s device=%s train=%d val=%d epochs=%d",
             config.loss.name,
@@ -556,49 +515,3 @@ def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
     with atomic_path(run_dir / "predictions.csv", suffix=".csv") as temp:
         predictions.to_csv(temp, index=False)
     LOGGER.info("best validation MAE %.2f years; wrote %s", trainer.best_mae, ", ".join(RUN_FILES))
-
-
-def load_run_model(run_dir: str | os.PathLike[str], device: str = "cpu") -> tuple[BrainAgeModel, RunConfig]:
-    """Load a finished run's selected model (``model.pt``, weights only) and its config."""
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "model.pt"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name} not found: is {run_dir} a finished run directory?")
-    config = load_config(run_dir / "config.yaml")
-    model = build_model(config.model)
-    state = load_torch_file(run_dir / "model.pt", map_location=device)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise CorruptFileError(
-            f"{run_dir / 'model.pt'} does not hold the weights of the model its config.yaml describes "
-            f"({str(error).splitlines()[0]}); retrain the run"
-        ) from None
-    return model.to(device).eval(), config
-
-
-def predict(
-    run_dir: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    device: str = "auto",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Predict brain age for every scan of a manifest with a trained run; write a CSV.
-
-    Returns:
-        The predictions (subject_id, age, group, ..., predicted_age, brain_age_gap).
-    """
-    if Path(out).expanduser().resolve() == Path(manifest).expanduser().resolve():
-        raise ValueError(f"--out {out} is the manifest itself; write the predictions to another file")
-    torch_device = resolve_device(device)
-    model, config = load_run_model(run_dir, str(torch_device))
-    frame = read_manifest(manifest)
-    volumes, _ = load_manifest_volumes(frame, config.data, progress=progress)
-    columns = [c for c in ("subject_id", "split", "group", "sex", "site", "age") if c in frame.columns]
-    result = frame[columns].copy()
-    result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy()
-    result["brain_age_gap"] = result["predicted_age"] - result["age"]
-    with atomic_path(out, suffix=".csv") as temp:
-        result.to_csv(temp, index=False)
-    return result

@@ -17,8 +17,10 @@ from brainage_core.cli import main
 from brainage_core.config import load_config
 from brainage_core.data import load_volumes
 from brainage_core.imaging import VolumeCache
+from brainage_core.inference import predict_ages
 from brainage_core.manifest import read_manifest
-from brainage_core.train import RUN_FILES, load_run_model, predict_ages, train
+from brainage_core.rundir import RUN_FILES, load_model
+from brainage_core.train import train
 from tests.conftest import write_tiny_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +131,7 @@ def test_predict_reproduces_the_run_predictions(cohort: Path, tmp_path: Path) ->
     expected = pd.read_csv(run / "predictions.csv")
     pd.testing.assert_series_equal(predicted["predicted_age"], expected["predicted_age"], atol=1e-4, check_exact=False)
     assert (predicted["brain_age_gap"] - (predicted["predicted_age"] - predicted["age"])).abs().max() < 1e-4
-    model, config = load_run_model(run)
+    model, config = load_model(run)
     frame = read_manifest(cohort)
     volumes, _ = load_volumes(
         frame["image"],
@@ -150,7 +152,7 @@ def test_contrastive_loss_on_encoder_features_without_projection_head(cohort: Pa
     """``model.projection_dim=0``: the loss sees the pooled encoder features (the RNC reference setup)."""
     config = load_config(None, [*tiny_overrides(tmp_path, cohort, "rnc"), "model.projection_dim=0"])
     run = train(config, tmp_path / "run", progress=False)
-    model, _ = load_run_model(run)
+    model, _ = load_model(run)
     assert not any(name.startswith("projector.") for name in model.state_dict())
     volumes = torch.rand(3, 1, 16, 16, 16)
     torch.testing.assert_close(model.project(volumes), model.features(volumes))

@@ -33,7 +33,6 @@ import scipy.stats as st
 import seaborn as sns
 import statsmodels.api as sm
 import statsmodels.formula.api as smf
-import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
@@ -43,11 +42,11 @@ from brainage_core.analysis.metrics import (
     HEALTHY_GROUP,
     controls_from_manifest,
     corrected_predictions,
-    read_predictions,
 )
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import KNOWN_GROUPS
 from brainage_core.ownership import claim
+from brainage_core.rundir import read_config, read_predictions
 
 __all__ = [
     "MIN_ASSOCIATION_N",
@@ -92,12 +91,7 @@ GAP_LABELS: dict[str, str] = {"gap": "brain-age gap (years)", "gap_corrected": "
 
 def run_train_groups(run_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     """The groups a run was trained and selected on (``data.train_groups`` of ``config.yaml``)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder (brainage train)?")
-    config = yaml.safe_load(path.read_text()) or {}
-    # DataConfig's default, for configs written before the field existed.
-    return tuple(config.get("data", {}).get("train_groups", (HEALTHY_GROUP,)))
+    return tuple(read_config(run_dir).data.train_groups)
 
 
 def analysis_sample(predictions: pd.DataFrame, train_groups: Sequence[str] = (HEALTHY_GROUP,)) -> pd.DataFrame:

@@ -20,8 +20,9 @@ from sklearn.decomposition import PCA
 
 from brainage_core.analysis.metrics import mae_by_age_band, prediction_consistency, regression_metrics
 from brainage_core.data import VolumeDataset, load_manifest_volumes
+from brainage_core.inference import extract_features, predict_ages
 from brainage_core.manifest import read_manifest
-from brainage_core.train import extract_features, load_run_model, predict_ages
+from brainage_core.rundir import load_model, read_history, read_predictions
 
 __all__ = [
     "analyse_features",
@@ -55,10 +56,10 @@ def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> 
     rows, errors = [], []
     for (method, seed), run_dir in run_dirs.items():
         run_dir = Path(run_dir)
-        every_row = pd.read_csv(run_dir / "predictions.csv")
+        every_row = read_predictions(run_dir)
         predictions = healthy_test_rows(every_row)
         training_mean = every_row.loc[(every_row["group"] == "CN") & (every_row["split"] == "train"), "age"].mean()
-        history = pd.read_csv(run_dir / "metrics.csv")
+        history = read_history(run_dir)
         rows.append(
             {
                 "method": method,
@@ -219,8 +220,8 @@ def analyse_features(
         ``n_augmentations`` augmented copies of each scan, with the run's augmentation settings;
         see :func:`~brainage_core.analysis.metrics.prediction_consistency`).
     """
-    model, config = load_run_model(run_dir, device)
-    predictions = healthy_test_rows(pd.read_csv(Path(run_dir) / "predictions.csv"))
+    model, config = load_model(run_dir, device)
+    predictions = healthy_test_rows(read_predictions(run_dir))
     if "image" not in predictions.columns:
         raise ValueError(f"{run_dir}/predictions.csv has no 'image' column; retrain with this version of brainage")
     # The manifest rows of these scans, by image (a subject may have several scans).

@@ -24,6 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from brainage_core.analysis.metrics import metrics_with_ci
 from brainage_core.book import workflow
 from brainage_core.manifest import read_manifest
+from brainage_core.rundir import read_predictions
 
 __all__ = ["baseline_cv_predictions", "cv_runs", "cv_summary", "out_of_fold_predictions", "region_volumes"]
 
@@ -73,7 +74,7 @@ def out_of_fold_predictions(runs: dict[tuple[str, int], str | os.PathLike[str]])
     """
     parts = []
     for (method, fold), run_dir in runs.items():
-        predictions = pd.read_csv(Path(run_dir) / "predictions.csv")
+        predictions = read_predictions(run_dir)
         test = predictions[predictions["split"] == "test"]
         parts.append(
             pd.DataFrame(

@@ -66,8 +66,9 @@ from torch import nn
 
 from brainage_core.data import assign_splits, load_manifest_volumes
 from brainage_core.fileio import atomic_path, write_json
+from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.manifest import read_manifest
-from brainage_core.train import load_run_model, predict_ages, resolve_device
+from brainage_core.rundir import load_model
 
 __all__ = [
     "DEFAULT_LAYER",
@@ -815,7 +816,7 @@ def explain_run(
     if background not in ("mean", "mni152"):
         raise ValueError(f"background must be 'mean' or 'mni152', got {background!r}")
     torch_device = resolve_device(device)
-    model, config = load_run_model(run_dir, str(torch_device))
+    model, config = load_model(run_dir, str(torch_device))
     manifest_path = manifest if manifest is not None else config.data.manifest
     if not manifest_path:
         raise ValueError(f"{run_dir}: the run's config has no data.manifest; pass manifest=")

@@ -36,6 +36,7 @@ from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_err
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import read_manifest
 from brainage_core.ownership import claim
+from brainage_core.rundir import PREDICTION_COLUMNS, read_predictions
 
 __all__ = [
     "DEFAULT_AGE_EDGES",
@@ -50,15 +51,12 @@ __all__ = [
     "mae_by_age_band",
     "metrics_with_ci",
     "prediction_consistency",
-    "read_predictions",
     "regression_metrics",
     "select_correction_subjects",
 ]
 
 HEALTHY_GROUP = "CN"
 METHODS: tuple[str, ...] = ("cole", "beheshti")
-PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "group", "sex", "age", "predicted_age")
-NUMERIC_COLUMNS: tuple[str, ...] = ("age", "predicted_age", "true_gap", "mmse", "cdr", "updrs3", "hoehn_yahr")
 DEFAULT_AGE_EDGES: tuple[float, ...] = (-math.inf, 20, 30, 40, 50, 60, 70, 80, 90, math.inf)
 BOOTSTRAP_BATCH = 500  # resamples evaluated at once: bounds memory to 500 x n values per array
 
@@ -413,24 +411,6 @@ def prediction_consistency(predictions_per_augmentation: np.ndarray) -> dict[str
         "median_sd": float(np.median(spread)),
         "max_sd": float(np.max(spread)),
     }
-
-
-def read_predictions(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read ``RUN_DIR/predictions.csv`` with typed columns; check ages and predictions are present."""
-    path = Path(run_dir) / "predictions.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a finished run folder (brainage train)?")
-    frame = pd.read_csv(path, dtype={"subject_id": str, "split": str, "group": str, "sex": str, "site": str})
-    _require_columns(frame, PREDICTION_COLUMNS, str(path))
-    for column in (c for c in NUMERIC_COLUMNS if c in frame.columns):
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
-    for column in ("age", "predicted_age"):
-        bad = frame.loc[frame[column].isna(), "subject_id"].tolist()
-        if bad:
-            raise ValueError(
-                f"{path}: column '{column}' is missing or not a number for {len(bad)} row(s), e.g. {bad[:5]}"
-            )
-    return frame
 
 
 def _json_safe(value: Any) -> Any:
