@@ -38,13 +38,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from brainage_core.cohorts.synthetic import SynthConfig, generate_cohort
+    from brainage_core.config import CohortConfig
 
     config = SynthConfig.from_yaml(args.config) if args.config else SynthConfig()
+    defaults = CohortConfig()
     manifest = generate_cohort(
         args.out,
-        n_subjects=args.n_subjects,
-        seed=args.seed,
-        spacing=args.spacing,
+        n_subjects=defaults.n_subjects if args.n_subjects is None else args.n_subjects,
+        seed=defaults.seed if args.seed is None else args.seed,
+        spacing=defaults.spacing if args.spacing is None else args.spacing,
         config=config,
         progress=not args.quiet,
         workers=args.workers,
@@ -129,10 +131,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from brainage_core.analysis.metrics import evaluate_run
+    from brainage_core.analysis.metrics import BIAS_CORRECTION, N_BOOT, evaluate_run
 
+    n_boot = N_BOOT if args.n_boot is None else args.n_boot
     report = evaluate_run(
-        args.run_dir, controls_manifest=args.controls_manifest, method=args.method, n_boot=args.n_boot, seed=args.seed
+        args.run_dir,
+        controls_manifest=args.controls_manifest,
+        method=args.method or BIAS_CORRECTION,
+        n_boot=n_boot,
+        seed=args.seed,
     )
     summary = {
         name: {k: report[name][k] for k in ("mae", "r2", "pearson_r") if k in report[name]}
@@ -145,9 +152,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_clinical(args: argparse.Namespace) -> int:
     from brainage_core.analysis.clinical import clinical_report
+    from brainage_core.analysis.metrics import BIAS_CORRECTION
 
     report = clinical_report(
-        args.run_dir, out_dir=args.out_dir, method=args.method, controls_manifest=args.controls_manifest
+        args.run_dir,
+        out_dir=args.out_dir,
+        method=args.method or BIAS_CORRECTION,
+        controls_manifest=args.controls_manifest,
     )
     print(f"wrote {len(report['files'])} files to {report['out_dir']}")
     return 0
@@ -199,9 +210,9 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
         "Same seed and config give byte-identical files.",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--n-subjects", type=int, default=300, help="number of subjects (default 300)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--spacing", type=float, default=2.0, help="voxel size in mm, e.g. 2 or 3 (default 2)")
+    parser.add_argument("--n-subjects", type=int, help="number of subjects (default: cohort.n_subjects of the config)")
+    parser.add_argument("--seed", type=int, help="random seed (default: cohort.seed)")
+    parser.add_argument("--spacing", type=float, help="voxel size in mm, e.g. 2 or 3 (default: cohort.spacing)")
     parser.add_argument(
         "--config", type=Path, help="YAML file overriding the effect sizes (see data_manifests/synthetic_cohort.md)"
     )
@@ -291,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(subparsers)
 
-    correction_help = "age-bias correction: cole (de Lange & Cole 2020) or beheshti (Beheshti et al. 2019)"
+    correction_help = "age-bias correction: cole (de Lange & Cole 2020) or beheshti (Beheshti et al. 2019); default: metrics.BIAS_CORRECTION"
     controls_help = "manifest whose CN subjects define the healthy set the age-bias correction is fitted on (default: CN of the val split)"
     evaluate = subparsers.add_parser(
         "evaluate",
@@ -302,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", type=Path, help="a finished run directory")
     evaluate.add_argument("--controls-manifest", type=Path, help=controls_help)
-    evaluate.add_argument("--method", choices=("cole", "beheshti"), default="cole", help=correction_help)
-    evaluate.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    evaluate.add_argument("--method", choices=("cole", "beheshti"), help=correction_help)
+    evaluate.add_argument("--n-boot", type=int, help="bootstrap resamples (default: metrics.N_BOOT)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
@@ -316,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clinical.add_argument("run_dir", type=Path, help="a finished run directory")
     clinical.add_argument("--out-dir", type=Path, help="output folder (default RUN_DIR/clinical)")
-    clinical.add_argument("--method", choices=("cole", "beheshti"), default="cole", help=correction_help)
+    clinical.add_argument("--method", choices=("cole", "beheshti"), help=correction_help)
     clinical.add_argument("--controls-manifest", type=Path, help=controls_help)
     clinical.set_defaults(handler=_cmd_clinical)
 

@@ -50,8 +50,8 @@ class DataConfig:
     """
 
     manifest: str = ""
-    spacing: float = 3.0
-    shape: tuple[int, int, int] = (64, 72, 64)
+    spacing: float = 4.0
+    shape: tuple[int, int, int] = (48, 56, 48)
     use_mask: bool = True
     crop_foreground: bool = False
     train_groups: tuple[str, ...] = ("CN",)

@@ -58,7 +58,7 @@ __all__ = [
     "read_config",
     "read_history",
     "read_predictions",
-    "same_config",
+    "stored_config_differences",
     "write_config",
 ]
 
@@ -203,8 +203,11 @@ def read_config(run_dir: str | os.PathLike[str], overrides: list[str] | tuple[st
     return config
 
 
-def same_config(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
-    """The fields in which ``config`` differs from the run's stored config (empty: the same run)."""
+def stored_config_differences(run_dir: str | os.PathLike[str], config: RunConfig) -> list[str]:
+    """The fields in which ``config`` differs from the run's stored config (empty: the same run).
+
+    Paths are compared resolved, so a relative and an absolute path to one manifest are equal.
+    """
     stored = config_to_dict(absolute_paths(read_config(run_dir)))
     return config_differences(stored, config_to_dict(absolute_paths(config)))
 

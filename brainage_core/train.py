@@ -56,11 +56,11 @@ from brainage_core.rundir import (
     is_finished_run,
     load_torch_file,
     lock_run,
-    same_config,
+    stored_config_differences,
     write_config,
 )
 
-__all__ = ["fit_linear_probe", "train"]
+__all__ = ["ensure_run", "fit_linear_probe", "train"]
 
 LOGGER = logging.getLogger("brainage.train")
 
@@ -326,7 +326,7 @@ def _check_run_dir(config: RunConfig, run_dir: Path, resume: bool) -> None:
     if not checkpoint_path.is_file():
         finished = " (it holds a finished run)" if is_finished_run(run_dir) else ""
         raise FileNotFoundError(f"cannot resume: {checkpoint_path} does not exist{finished}")
-    differences = same_config(run_dir, config)
+    differences = stored_config_differences(run_dir, config)
     if differences:
         raise ValueError(
             f"cannot resume {run_dir} with another config; {len(differences)} field(s) differ (stored -> requested):\n"
@@ -515,3 +515,28 @@ def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
     with atomic_path(run_dir / "predictions.csv", suffix=".csv") as temp:
         predictions.to_csv(temp, index=False)
     LOGGER.info("best validation MAE %.2f years; wrote %s", trainer.best_mae, ", ".join(RUN_FILES))
+
+
+def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> Path:
+    """Train ``config`` into ``run_dir`` unless that exact run is already there.
+
+    The stored config is always compared with ``config`` (every field, paths resolved): a
+    finished run with the same config is reused, an interrupted one is resumed from its
+    checkpoint, and a run made with any other setting is replaced, but only when the folder
+    holds nothing but files brainage wrote (otherwise a FileExistsError names them).
+
+    Returns:
+        The run directory.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        try:
+            unchanged = not stored_config_differences(run_dir, config)
+        except ValueError:  # a config written by another version, no longer valid
+            unchanged = False
+        if unchanged and is_finished_run(run_dir):
+            return run_dir
+        if unchanged and (run_dir / "checkpoint.pt").is_file():
+            return train(config, run_dir, resume=True, progress=progress)
+    clear_owned_folder(run_dir, "a run with another configuration")
+    return train(config, run_dir, progress=progress)

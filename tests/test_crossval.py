@@ -15,6 +15,7 @@ from brainage_core.analysis.crossval import (
     out_of_fold_predictions,
     region_volumes,
 )
+from brainage_core.config import load_config
 from tests.conftest import write_nifti, write_tiny_cohort
 
 
@@ -48,18 +49,20 @@ def test_baselines_predict_each_subject_once_on_the_given_folds() -> None:
 
 def test_cv_runs_give_out_of_fold_predictions(tmp_path: Path) -> None:
     manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=30)
-    runs = cv_runs(
-        manifest,
-        ["mse"],
-        tmp_path / "runs",
-        spacing=4.0,
-        shape=[16, 16, 16],
-        width=0.125,
-        epochs=1,
-        batch_size=6,
-        device="cpu",
-        extra=[f"data.cache_dir={tmp_path / 'cache'}", "data.train_groups=[CN, AD]"],
+    config = load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            "data.shape=[16, 16, 16]",
+            "model.width=0.125",
+            "train.epochs=1",
+            "train.batch_size=6",
+            "device=cpu",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.train_groups=[CN, AD]",
+        ],
     )
+    runs = cv_runs(config, ["mse"], tmp_path / "runs")
     assert sorted(runs) == [("mse", 0), ("mse", 1), ("mse", 2)]
     predictions = out_of_fold_predictions(runs)
     frame = pd.read_csv(manifest)

@@ -558,14 +558,16 @@ def test_synth_never_deletes_user_files_in_its_output(tmp_path: Path, capsys: py
 
 
 def test_workflow_never_deletes_user_files(cohort: Path, tmp_path: Path) -> None:
-    from brainage_core.book.workflow import ensure_cohort, ensure_run
+    from brainage_core.book.workflow import ensure_cohort
+    from brainage_core.config import CohortConfig
+    from brainage_core.train import ensure_run
 
     cohort_dir = tmp_path / "cohort"
-    ensure_cohort(cohort_dir, n_subjects=2, seed=0, spacing=6.0, progress=False)
+    ensure_cohort(cohort_dir, CohortConfig(n_subjects=2, seed=0, spacing=6.0))
     planted = cohort_dir / "notes.txt"
     planted.write_text("mine")
     with pytest.raises(FileExistsError, match="notes.txt"):
-        ensure_cohort(cohort_dir, n_subjects=3, seed=0, spacing=6.0, progress=False)
+        ensure_cohort(cohort_dir, CohortConfig(n_subjects=3, seed=0, spacing=6.0))
     assert planted.read_text() == "mine"
 
     run = tmp_path / "run"

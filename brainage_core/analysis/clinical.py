@@ -39,6 +39,7 @@ from numpy.typing import ArrayLike
 from statsmodels.stats.multitest import multipletests
 
 from brainage_core.analysis.metrics import (
+    BIAS_CORRECTION,
     HEALTHY_GROUP,
     controls_from_manifest,
     corrected_predictions,
@@ -386,7 +387,7 @@ def _write_csv(table: pd.DataFrame, destination: Path) -> None:
 def clinical_report(
     run_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
-    method: str = "cole",
+    method: str = BIAS_CORRECTION,
     controls_manifest: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Run the clinical analyses of a run on its bias-corrected gap and write tables and figures.

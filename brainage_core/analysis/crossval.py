@@ -9,6 +9,7 @@ baseline on region volumes and the mean predictor are fitted on the same trainin
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,45 +22,42 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from brainage_core.analysis.metrics import metrics_with_ci
-from brainage_core.book import workflow
+from brainage_core.analysis.metrics import N_BOOT, metrics_with_ci
+from brainage_core.config import RunConfig
 from brainage_core.manifest import read_manifest
 from brainage_core.rundir import read_predictions
+from brainage_core.train import ensure_run
 
 __all__ = ["baseline_cv_predictions", "cv_runs", "cv_summary", "out_of_fold_predictions", "region_volumes"]
 
 
 def cv_runs(
-    manifest: str | os.PathLike[str],
-    losses: Sequence[str],
-    runs_root: str | os.PathLike[str],
-    progress: bool = False,
-    **config: Any,
+    config: RunConfig, losses: Sequence[str], runs_root: str | os.PathLike[str], progress: bool = False
 ) -> dict[tuple[str, int], Path]:
     """Train (or reuse) one run per loss and fold into ``runs_root/<loss>_fold<k>``.
 
     Args:
-        manifest: manifest with a ``fold`` column.
+        config: the run settings; ``data.manifest`` must have a ``fold`` column. Each run is this
+            config with its loss and ``data.test_fold`` set.
         losses: loss names (see :mod:`brainage_core.losses`).
         runs_root: folder of the run directories.
         progress: show progress bars.
-        config: further :func:`~brainage_core.book.workflow.make_config` arguments (spacing, epochs...).
 
     Returns:
         ``{(loss, fold): run_dir}``.
     """
+    manifest = config.data.manifest
     frame = read_manifest(manifest, check_images="none")
     if "fold" not in frame.columns or frame["fold"].isna().any():
         raise ValueError(f"{manifest}: cross-validation needs a 'fold' value on every row")
-    folds = sorted(int(f) for f in frame["fold"].unique())
-    extra = list(config.pop("extra", []))
     runs = {}
     for loss in losses:
-        for fold in folds:
-            run_config = workflow.make_config(manifest, loss=loss, extra=[*extra, f"data.test_fold={fold}"], **config)
-            runs[(loss, fold)] = workflow.ensure_run(
-                run_config, Path(runs_root) / f"{loss}_fold{fold}", progress=progress
-            )
+        for fold in sorted(int(f) for f in frame["fold"].unique()):
+            run_config = copy.deepcopy(config)
+            if loss != run_config.loss.name:
+                run_config.loss.name, run_config.loss.params = loss, {}
+            run_config.data.test_fold = fold
+            runs[(loss, fold)] = ensure_run(run_config, Path(runs_root) / f"{loss}_fold{fold}", progress=progress)
     return runs
 
 
@@ -147,7 +145,7 @@ def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.S
     return pd.concat(parts, ignore_index=True)
 
 
-def cv_summary(predictions: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def cv_summary(predictions: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """MAE, R2 and Pearson r with bootstrap 95% CIs per method, on out-of-fold predictions."""
     rows = []
     for method, group in predictions.groupby("method", sort=False):

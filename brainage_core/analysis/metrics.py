@@ -58,6 +58,8 @@ __all__ = [
 HEALTHY_GROUP = "CN"
 METHODS: tuple[str, ...] = ("cole", "beheshti")
 DEFAULT_AGE_EDGES: tuple[float, ...] = (-math.inf, 20, 30, 40, 50, 60, 70, 80, 90, math.inf)
+N_BOOT = 2000  # bootstrap resamples of every confidence interval
+BIAS_CORRECTION = "cole"  # age-bias correction: cole (de Lange & Cole 2020) or beheshti
 BOOTSTRAP_BATCH = 500  # resamples evaluated at once: bounds memory to 500 x n values per array
 
 
@@ -134,7 +136,7 @@ def bootstrap_ci(
     age: ArrayLike,
     predicted: ArrayLike,
     metric: str | Callable[[np.ndarray, np.ndarray], float] = "mae",
-    n_boot: int = 2000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
@@ -180,7 +182,7 @@ def bootstrap_ci(
 def metrics_with_ci(
     age: ArrayLike,
     predicted: ArrayLike,
-    n_boot: int = 2000,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
     metrics: Sequence[str] = tuple(METRICS),
@@ -224,7 +226,7 @@ class BiasCorrection:
         return predicted - (self.slope * age + self.intercept)
 
 
-def fit_bias_correction(age: ArrayLike, predicted: ArrayLike, method: str = "cole") -> BiasCorrection:
+def fit_bias_correction(age: ArrayLike, predicted: ArrayLike, method: str = BIAS_CORRECTION) -> BiasCorrection:
     """Fit an age-bias correction by least squares (:func:`scipy.stats.linregress`).
 
     Pass healthy subjects that the model was not trained on (normally CN validation rows; see
@@ -297,7 +299,7 @@ def controls_from_manifest(predictions: pd.DataFrame, manifest: str | os.PathLik
 
 
 def corrected_predictions(
-    predictions: pd.DataFrame, method: str = "cole", fit_mask: pd.Series | np.ndarray | None = None
+    predictions: pd.DataFrame, method: str = BIAS_CORRECTION, fit_mask: pd.Series | np.ndarray | None = None
 ) -> pd.DataFrame:
     """Fit the age-bias correction on healthy non-test rows and apply it to every row.
 
@@ -429,8 +431,8 @@ def _json_safe(value: Any) -> Any:
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     controls_manifest: str | os.PathLike[str] | None = None,
-    method: str = "cole",
-    n_boot: int = 2000,
+    method: str = BIAS_CORRECTION,
+    n_boot: int = N_BOOT,
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, Any]:

@@ -4,8 +4,9 @@
 ``default`` and ``full``::
 
     profiles:
-      default:
-        parameters: {n_subjects: 300, epochs: 12}      # given to every notebook that declares them
+      full:
+        overrides: [train.epochs=60, cohort.n_subjects=1000]  # dotted settings, as brainage train --set
+        parameters: {n_boot: 5000}                     # given to every notebook that declares them
         matrix: {loss: [rnc, mse], seed: [0, 1, 2]}    # values that runs expand over
     runs:
       - name: data
@@ -15,7 +16,10 @@
       - name: "train_{loss}_s{seed}"
         notebook: book/training.ipynb
         expand: [loss, seed]                           # one run per combination
-        parameters: {manifest: "{work:data}/cohort/manifest.csv", loss: "{loss}", seed: "{seed}"}
+        parameters: {cohort_dir: "{work:data}/cohort", overrides: ["loss.name={loss}", "seed={seed}"]}
+
+A notebook's ``overrides`` parameter receives the profile's ``overrides`` followed by the run's own
+(later ones win); settings not overridden are the defaults of :mod:`brainage_core.config`.
 
 ``{work:NAME}`` is run NAME's output folder and makes this run depend on NAME; ``{work_root}``
 is the folder of all work folders; ``{all_AXIS}`` is the profile's list for a matrix axis (e.g.
@@ -153,6 +157,7 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
         raise ValueError(f"{runs_file}: unknown profile {profile!r}; profiles: {sorted(profiles)}")
     settings = profiles[profile] or {}
     shared = settings.get("parameters", {}) or {}
+    profile_overrides = [str(item) for item in settings.get("overrides", []) or []]
     matrix = settings.get("matrix", {}) or {}
     output = book_output_dir(root, profile)
     runs: list[RunSpec] = []
@@ -173,7 +178,10 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
                 **dict(zip(axes, values)),
             }
             needs: set[str] = {n for need in entry.get("needs", []) for n in _expand_needs(need, matrix, variables)}
-            parameters = {**shared, **_substitute(entry.get("parameters", {}) or {}, variables)}
+            own_parameters = _substitute(entry.get("parameters", {}) or {}, variables)
+            parameters = {**shared, **own_parameters}
+            # Overrides accumulate: the profile's first, then the run's own (later ones win).
+            parameters["overrides"] = [*profile_overrides, *own_parameters.get("overrides", [])]
             parameters = _resolve_work(parameters, output, needs)
             name = _substitute(entry["name"], variables)
             needs.discard(name)  # a run may name its own work folder
@@ -255,6 +263,19 @@ def _cache_key(run: RunSpec, root: Path, upstream: dict[str, str], sources: str)
     return digest.hexdigest()
 
 
+def _relative_paths(value: Any, folder: Path, root: Path) -> Any:
+    """``value`` with absolute paths under ``root`` (also in ``key=path`` overrides) made relative to ``folder``."""
+    if isinstance(value, list):
+        return [_relative_paths(item, folder, root) for item in value]
+    if not isinstance(value, str):
+        return value
+    key, separator, text = value.rpartition("=") if "=" in value else ("", "", value)
+    path = Path(text)
+    if path.is_absolute() and path.resolve().is_relative_to(root.resolve()):
+        return f"{key}{separator}{os.path.relpath(path.resolve(), folder.resolve())}"
+    return value
+
+
 def _declared_parameters(notebook: Path) -> set[str]:
     import papermill
 
@@ -273,7 +294,9 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
         raise ValueError(
             f"{run.notebook} does not declare parameter(s) {undeclared} that run {run.name!r} sets in runs.yml"
         )
-    parameters = {k: v for k, v in run.parameters.items() if k in declared}
+    # Paths inside the repository reach the notebook relative to its folder: the executed
+    # chapter's injected-parameters cell then shows no absolute path of the build machine.
+    parameters = {k: _relative_paths(v, notebook.parent, root) for k, v in run.parameters.items() if k in declared}
     work = Path(run.parameters["work_dir"])
     work.mkdir(parents=True, exist_ok=True)
     destination = output / "notebooks" / f"{run.name}.ipynb"

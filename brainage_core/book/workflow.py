@@ -1,44 +1,52 @@
-"""Glue between the book's notebooks and the package: data and runs on demand.
+"""Glue between the book's notebooks and the package: settings, data and runs on demand.
 
 Every chapter can run on its own (a reader opening it, nbmake in smoke mode) or inside a batch
 run of the book, where upstream runs already produced the cohort and the trained models. The
-helpers here make both work without logic in the notebooks: they reuse what exists and is
-complete, and create what is missing, with the same package functions the CLI uses.
+helpers here make both work without logic in the notebooks: a chapter turns its ``overrides``
+parameter into a validated :class:`~brainage_core.config.RunConfig` with
+:func:`chapter_config` (the cohort is generated or reused on the way), and gets its models with
+:func:`ensure_runs`, which trains only what is missing or was made with other settings.
+
+Settings have one source: the defaults of :mod:`brainage_core.config`, overridden by dotted
+``section.key=value`` strings: a profile's ``overrides`` in ``book/runs.yml`` (the ``smoke``
+profile's are what smoke mode applies), then the notebook's own ``overrides`` parameter.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from brainage_core.config import RunConfig, config_to_dict, load_config
+import yaml
+
+from brainage_core.config import (
+    CohortConfig,
+    RunConfig,
+    load_cohort_config,
+    load_config,
+    split_overrides,
+)
 from brainage_core.manifest import read_manifest
-from brainage_core.ownership import clear_owned_folder
-from brainage_core.rundir import is_finished_run
 
 __all__ = [
-    "SMOKE",
+    "RUNS_FILE",
+    "chapter_config",
     "ensure_cohort",
-    "ensure_run",
-    "is_finished_run",
-    "make_config",
-    "resolve_manifest",
+    "ensure_runs",
+    "profile_overrides",
+    "run_folder",
     "smoke_mode",
     "smoke_paths",
+    "with_loss",
 ]
 
-# Settings that shrink a chapter to a few seconds (nbmake tests, the `smoke` profile).
-SMOKE: dict[str, Any] = {
-    "n_subjects": 40,
-    "cohort_spacing": 3.0,
-    "spacing": 4.0,
-    "shape": [40, 48, 40],
-    "epochs": 1,
-    "width": 0.125,
-    "batch_size": 8,
-}
+RUNS_FILE = Path(__file__).resolve().parents[2] / "book" / "runs.yml"
+SMOKE_PROFILE = "smoke"
+STANDALONE = "/_book_runs/standalone/"
+STANDALONE_SMOKE = "/_book_runs/standalone-smoke/"
 
 
 def smoke_mode(parameter: bool) -> bool:
@@ -47,10 +55,6 @@ def smoke_mode(parameter: bool) -> bool:
     nbmake does not inject papermill parameters, so the tests set the environment variable.
     """
     return bool(parameter) or os.environ.get("BRAINAGE_SMOKE") == "1"
-
-
-STANDALONE = "/_book_runs/standalone/"
-STANDALONE_SMOKE = "/_book_runs/standalone-smoke/"
 
 
 def smoke_paths(*paths: str) -> list[str]:
@@ -63,9 +67,16 @@ def smoke_paths(*paths: str) -> list[str]:
     return [path.replace(STANDALONE, STANDALONE_SMOKE) if STANDALONE in path else path for path in paths]
 
 
-def ensure_cohort(
-    cohort_dir: str | os.PathLike[str], n_subjects: int, seed: int, spacing: float, progress: bool = True
-) -> Path:
+def profile_overrides(profile: str, runs_file: str | os.PathLike[str] = RUNS_FILE) -> list[str]:
+    """The ``overrides`` of a profile of ``book/runs.yml`` (e.g. what smoke mode shrinks)."""
+    spec = yaml.safe_load(Path(runs_file).read_text()) or {}
+    profiles = spec.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"{runs_file}: unknown profile {profile!r}; profiles: {sorted(profiles)}")
+    return [str(item) for item in (profiles[profile] or {}).get("overrides", []) or []]
+
+
+def ensure_cohort(cohort_dir: str | os.PathLike[str], cohort: CohortConfig, progress: bool = False) -> Path:
     """Return the manifest of a synthetic cohort in ``cohort_dir``, generating it if needed.
 
     An existing cohort is reused only if its ``cohort.json`` records the same size, seed and
@@ -80,91 +91,82 @@ def ensure_cohort(
     record = cohort_dir / "cohort.json"
     if manifest.is_file() and record.is_file():
         recorded = json.loads(record.read_text())
-        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == (
-            n_subjects,
-            seed,
-            float(spacing),
-        ):
+        wanted = (cohort.n_subjects, cohort.seed, float(cohort.spacing))
+        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == wanted:
             return manifest
-    return generate_cohort(cohort_dir, n_subjects=n_subjects, seed=seed, spacing=spacing, progress=progress)
+    return generate_cohort(
+        cohort_dir, n_subjects=cohort.n_subjects, seed=cohort.seed, spacing=cohort.spacing, progress=progress
+    )
 
 
-def resolve_manifest(
-    manifest: str, cohort_dir: str, n_subjects: int, cohort_seed: int, cohort_spacing: float, progress: bool = False
-) -> Path:
-    """The user's manifest when one is given (validated), else the synthetic cohort's.
+def chapter_config(
+    overrides: Iterable[str] = (),
+    smoke: bool = False,
+    manifest: str = "",
+    cohort_dir: str | os.PathLike[str] = "",
+    progress: bool = False,
+) -> RunConfig:
+    """A chapter's run config: the defaults, the smoke profile (in smoke mode), then ``overrides``.
 
-    ``progress`` is off by default: progress bars clutter executed notebooks.
+    ``cohort.``-prefixed overrides set the synthetic cohort, the others the run (the same
+    strings as ``brainage train --set``). Every problem of either is reported at once.
+
+    Args:
+        overrides: dotted ``section.key=value`` strings.
+        smoke: the notebook's smoke parameter (see :func:`smoke_mode`).
+        manifest: a manifest of the user's own (validated); empty: the synthetic cohort.
+        cohort_dir: where the synthetic cohort is generated or reused.
+        progress: progress bars (off by default: they clutter executed notebooks).
+
+    Returns:
+        The validated config, ``data.manifest`` pointing at the manifest to train on.
     """
+    everything = [*(profile_overrides(SMOKE_PROFILE) if smoke_mode(smoke) else []), *overrides]
+    cohort_overrides, run_overrides = split_overrides(everything)
+    cohort = load_cohort_config(cohort_overrides)
+    config = load_config(None, run_overrides)
     if manifest:
         path = Path(manifest).expanduser().resolve()
         read_manifest(path)  # raises ManifestError listing every problem
-        return path
-    return ensure_cohort(cohort_dir, n_subjects, cohort_seed, cohort_spacing, progress=progress)
-
-
-def make_config(
-    manifest: str | os.PathLike[str],
-    loss: str = "rnc",
-    seed: int = 0,
-    spacing: float = 3.0,
-    shape: list[int] | tuple[int, ...] = (64, 72, 64),
-    arch: str = "resnet10",
-    width: float = 0.25,
-    epochs: int = 15,
-    batch_size: int = 16,
-    lr: float = 1e-3,
-    device: str = "auto",
-    num_workers: int = 0,
-    loss_params: dict[str, Any] | None = None,
-    extra: list[str] | None = None,
-) -> RunConfig:
-    """Map a notebook's flat parameters onto a :class:`~brainage_core.config.RunConfig`.
-
-    Args:
-        manifest: the manifest to train on.
-        loss, seed, spacing, shape, arch, width, epochs, batch_size, lr, device, num_workers:
-            the fields of the same meaning in the config sections.
-        loss_params: keyword arguments of the loss (e.g. ``{"temperature": 2.0}``).
-        extra: further ``section.key=value`` overrides.
-    """
-    overrides = [
-        f"data.manifest={manifest}",
-        f"data.spacing={spacing}",
-        f"data.shape={list(shape)}",
-        f"loss.name={loss}",
-        f"seed={seed}",
-        f"model.arch={arch}",
-        f"model.width={width}",
-        f"train.epochs={epochs}",
-        f"train.batch_size={batch_size}",
-        f"train.lr={lr}",
-        f"device={device}",
-        f"num_workers={num_workers}",
-        *(extra or []),
-    ]
-    config = load_config(None, overrides)
-    if loss_params:
-        config.loss.params = dict(loss_params)
+    else:
+        if not str(cohort_dir):
+            raise ValueError("chapter_config: give a manifest or a cohort_dir for the synthetic cohort")
+        path = ensure_cohort(cohort_dir, cohort, progress=progress)
+    config.data.manifest = str(path)
     return config
 
 
-def ensure_run(config: RunConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> Path:
-    """Train ``config`` into ``run_dir`` unless that exact run is already there.
+def with_loss(config: RunConfig, loss: str, seed: int | None = None) -> RunConfig:
+    """A copy of ``config`` training with ``loss`` (and ``seed``); another loss drops the old one's params."""
+    changed = copy.deepcopy(config)
+    if loss != changed.loss.name:
+        changed.loss.name, changed.loss.params = loss, {}
+    if seed is not None:
+        changed.seed = int(seed)
+    return changed
 
-    A finished run with the same resolved config is reused; an interrupted one is resumed
-    from its checkpoint; a run made with a different config is replaced, but only when the
-    folder holds nothing but files brainage wrote (otherwise a FileExistsError names them).
+
+def run_folder(runs_root: str | os.PathLike[str], loss: str, seed: int) -> Path:
+    """Where the book keeps the run of ``loss`` and ``seed``: ``runs_root/train_<loss>_s<seed>/run``."""
+    return Path(runs_root) / f"train_{loss}_s{seed}" / "run"
+
+
+def ensure_runs(
+    config: RunConfig,
+    runs_root: str | os.PathLike[str],
+    losses: Sequence[str],
+    seeds: Sequence[int],
+    progress: bool = False,
+) -> dict[tuple[str, int], Path]:
+    """One finished run per (loss, seed) in :func:`run_folder`, trained only where missing or changed.
+
+    Each run's stored config is compared with the requested one
+    (:func:`~brainage_core.train.ensure_run`), so changed settings never reuse old runs.
     """
-    from brainage_core.train import train
+    from brainage_core.train import ensure_run
 
-    run_dir = Path(run_dir)
-    wanted = config_to_dict(config)
-    existing = run_dir / "config.yaml"
-    if existing.is_file() and config_to_dict(load_config(existing)) == wanted:
-        if is_finished_run(run_dir):
-            return run_dir
-        if (run_dir / "checkpoint.pt").is_file():
-            return train(config, run_dir, resume=True, progress=progress)
-    clear_owned_folder(run_dir, "a run with another configuration")
-    return train(config, run_dir, progress=progress)
+    return {
+        (loss, int(seed)): ensure_run(with_loss(config, loss, seed), run_folder(runs_root, loss, seed), progress)
+        for loss in losses
+        for seed in seeds
+    }
