@@ -1,0 +1,58 @@
+"""Where does the model look? Grad-RAM saliency maps for brain-age regression, and their checks.
+
+The package has one module per idea; every public name is re-exported here, so
+``from brainage_core.analysis.interpret import explain_run, DEFAULT_LAYER`` works.
+
+* :mod:`~brainage_core.analysis.interpret.gradram`: :class:`GradRAM` (Grad-CAM for a scalar
+  regression output, on MONAI's CAM machinery), :func:`saliency_maps`, :func:`randomized_copy`
+  and the maths and limits of the maps.
+* :mod:`~brainage_core.analysis.interpret.scoring`: :func:`saliency_in_ground_truth`,
+  :func:`randomization_check`, :func:`region_summary`, :func:`map_similarity`.
+* :mod:`~brainage_core.analysis.interpret.maps_io`: :func:`save_map_nifti`,
+  :func:`load_on_grid`, :func:`group_average_maps`, :func:`age_band_labels`,
+  :func:`plot_map_on_template`.
+* :mod:`~brainage_core.analysis.interpret.explain`: :func:`explain_run` for a trained run
+  directory (NIfTI maps, group averages, figures and ``saliency_scores.json``).
+"""
+
+from __future__ import annotations
+
+from brainage_core.analysis.interpret.explain import explain_run
+from brainage_core.analysis.interpret.gradram import (
+    DEFAULT_LAYER,
+    GradRAM,
+    max_abs_normalizer,
+    randomized_copy,
+    saliency_maps,
+)
+from brainage_core.analysis.interpret.maps_io import (
+    age_band_labels,
+    group_average_maps,
+    load_on_grid,
+    plot_map_on_template,
+    save_map_nifti,
+)
+from brainage_core.analysis.interpret.scoring import (
+    map_similarity,
+    randomization_check,
+    region_summary,
+    saliency_in_ground_truth,
+)
+
+__all__ = [
+    "DEFAULT_LAYER",
+    "GradRAM",
+    "age_band_labels",
+    "explain_run",
+    "group_average_maps",
+    "load_on_grid",
+    "map_similarity",
+    "max_abs_normalizer",
+    "plot_map_on_template",
+    "randomization_check",
+    "randomized_copy",
+    "region_summary",
+    "saliency_in_ground_truth",
+    "saliency_maps",
+    "save_map_nifti",
+]
