@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from brainage_core.book.runner import build_book, load_runs, run_book
+from brainage_core.book.runner import build_book, declared_parameters, load_runs, run_book
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -36,6 +36,17 @@ def test_source_notebook_is_clean_and_follows_the_lesson_skeleton(path: Path) ->
     for heading in ("## Overview", "## Prerequisites", "Time to run", "## Summary"):
         assert heading in text, f"missing {heading!r}"
     assert notebook.cells[0].source.startswith("# "), "a title first"
+    assert "smoke" in declared_parameters(path), "papermill reads every parameter"
+
+
+def test_a_parameter_papermill_cannot_read_is_refused(tmp_path: Path) -> None:
+    """papermill drops `x = 1  # a=b` silently; the runner names it instead."""
+    cell = nbformat.v4.new_code_cell("x = 1  # help with a=b in it\ny = 2  # fine")
+    cell.metadata["tags"] = ["parameters"]
+    kernel = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell], metadata=kernel), tmp_path / "n.ipynb")
+    with pytest.raises(ValueError, match=r"\['x'\]"):
+        declared_parameters(tmp_path / "n.ipynb")
 
 
 def test_every_toc_chapter_exists_and_every_notebook_has_a_chapter_run() -> None:

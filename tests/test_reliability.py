@@ -657,7 +657,7 @@ def test_only_the_ownership_module_deletes_files() -> None:
         if p.name not in allowed and any(token in p.read_text() for token in pattern)
     ]
     assert offenders == []
-    runner = ROOT.joinpath("brainage_core", "runner.py").read_text()
+    runner = ROOT.joinpath("brainage_core", "book", "runner.py").read_text()
     assert "shutil.rmtree" not in runner
 
 

@@ -276,17 +276,45 @@ def _relative_paths(value: Any, folder: Path, root: Path) -> Any:
     return value
 
 
-def _declared_parameters(notebook: Path) -> set[str]:
+def declared_parameters(notebook: str | os.PathLike[str]) -> set[str]:
+    """The names a notebook's ``parameters`` cell assigns, as papermill reads them.
+
+    papermill skips (with only a log warning) an assignment it cannot parse, e.g. one with a
+    ``=`` in its comment; a value given for it would then be injected but never documented.
+    Such a cell is refused here, naming the assignments papermill missed.
+
+    Raises:
+        ValueError: the cell assigns names papermill cannot read.
+    """
+    import ast
+
+    import nbformat
     import papermill
 
-    return set(papermill.inspect_notebook(str(notebook)))
+    cells = nbformat.read(str(notebook), as_version=4).cells
+    tagged = [cell for cell in cells if "parameters" in cell.metadata.get("tags", [])]
+    declared = set(papermill.inspect_notebook(str(notebook)))
+    assigned = {
+        target.id
+        for cell in tagged
+        for statement in ast.parse(cell.source).body
+        if isinstance(statement, ast.Assign)
+        for target in statement.targets
+        if isinstance(target, ast.Name)
+    }
+    if assigned - declared:
+        raise ValueError(
+            f"{notebook}: papermill cannot read the parameter(s) {sorted(assigned - declared)} of the "
+            "'parameters' cell; write each as `name = value  # help` with no '=' in the comment"
+        )
+    return declared
 
 
 def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
     import papermill
 
     notebook = root / run.notebook
-    declared = _declared_parameters(notebook)
+    declared = declared_parameters(notebook)
     if not declared:
         raise ValueError(f"{run.notebook} has no cell tagged 'parameters'")
     undeclared = sorted(set(run.own) - declared)

@@ -57,13 +57,20 @@ def smoke_mode(parameter: bool) -> bool:
     return bool(parameter) or os.environ.get("BRAINAGE_SMOKE") == "1"
 
 
-def smoke_paths(*paths: str) -> list[str]:
+def smoke_paths(smoke: bool, *paths: str) -> list[str]:
     """Move a notebook's default (standalone) folders aside in smoke mode.
 
     A chapter run alone keeps its outputs under ``_book_runs/standalone/`` and reuses what it
     finds there; smoke runs go to ``_book_runs/standalone-smoke/`` so that their tiny models are
-    never mistaken for real ones. Paths given by a batch run of the book are left unchanged.
+    never mistaken for real ones. Outside smoke mode, and for paths given by a batch run of the
+    book, the paths are returned unchanged.
+
+    Args:
+        smoke: the notebook's smoke parameter (see :func:`smoke_mode`).
+        *paths: folders, as the notebook's parameters give them.
     """
+    if not smoke_mode(smoke):
+        return list(paths)
     return [path.replace(STANDALONE, STANDALONE_SMOKE) if STANDALONE in path else path for path in paths]
 
 
