@@ -1,4 +1,9 @@
-"""Figures shared by the book's chapters (matplotlib / seaborn / nilearn)."""
+"""The book's figures (matplotlib / seaborn / nilearn).
+
+This module holds the figures several chapters share; each chapter's own figures live in a
+submodule named after what they show (e.g. ``plots.cohort``), so that a notebook only calls
+them and keeps no plotting code.
+"""
 
 from __future__ import annotations
 
