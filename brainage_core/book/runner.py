@@ -339,7 +339,20 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
             log_output=False,
             execution_timeout=run.cell_timeout,
         )
+        _collapse_injected_parameters(temp)
     print(f"[book] {run.name}: done", file=log, flush=True)
+
+
+def _collapse_injected_parameters(executed: Path) -> None:
+    """Tag papermill's injected-parameters cell ``hide-input``: the page shows it folded."""
+    import nbformat
+
+    notebook = nbformat.read(str(executed), as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+    nbformat.write(notebook, str(executed))
 
 
 def run_book(
