@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from brainage_core import __version__
 from brainage_core.config import RunConfig
 from brainage_core.data import VolumeDataset
+from brainage_core.engine import compute_loss
 from brainage_core.fileio import write_json
 from brainage_core.imaging import AugmentConfig, build_augmentation
 from brainage_core.inference import resolve_device
@@ -194,7 +195,8 @@ def bench_training_throughput(
 ) -> dict[str, Any]:
     """Training samples/s through the real data pipeline vs a model-only step.
 
-    Both loops run the same model, loss and optimiser on random volumes of the configured shape.
+    Both loops run the same model, loss (:func:`~brainage_core.engine.compute_loss`, as in
+    training) and optimiser on random volumes of the configured shape.
     The *pipeline* loop draws batches from :class:`~brainage_core.data.VolumeDataset` through a
     DataLoader (augmentation included, ``config.num_workers`` workers); the *model-only* loop
     reuses one preloaded batch of views. ``overhead`` = 1 - pipeline/model-only throughput.
@@ -228,14 +230,15 @@ def bench_training_throughput(
     def step(views: torch.Tensor, batch_ages: torch.Tensor) -> None:
         views, batch_ages = views.to(device, non_blocking=True), batch_ages.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp):
-            if contrastive:
-                projections = model(views.flatten(0, 1), project=True)  # projections: [B * V, P]
-                loss = loss_fn(projections.float().view(len(batch_ages), n_views, -1), batch_ages)
-            else:
-                loss = loss_fn(
-                    (model(views).float() - model.age_mean) / model.age_std,
-                    (batch_ages - model.age_mean) / model.age_std,
-                )
+            loss = compute_loss(
+                model,
+                loss_fn,
+                views,
+                batch_ages,
+                contrastive=contrastive,
+                age_mean=model.age_mean,
+                age_std=model.age_std,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -21,11 +21,17 @@ from ``y_i`` as ``y_j`` is (ties and ``j`` itself included)::
 log U)`` time and ``O(n^2)`` memory (``U <= B`` distinct ages);
 :func:`rnc_loss_loop` is the per-column loop of the authors' reference code and
 serves as the ground truth for tests and benchmarks.
+
+The InfoNCE baselines (:class:`NTXentLoss`, :class:`SupConLoss`,
+:class:`YAwareLoss`) share :class:`InfoNCELoss` and differ only in which other
+samples count as an anchor's positives, and how much
+(:meth:`InfoNCELoss.positive_weights`).
 """
 
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -38,6 +44,7 @@ __all__ = [
     "FEATURE_SIMILARITIES",
     "LABEL_DIFFERENCES",
     "REGRESSION_LOSSES",
+    "InfoNCELoss",
     "NTXentLoss",
     "RegressionLoss",
     "RnCLoss",
@@ -182,26 +189,6 @@ def _pairwise_label_difference(y: Tensor, kind: str) -> Tensor:
     """
     delta = y[:, None] - y[None, :]  # delta: [n, n]
     return delta.abs() if kind == "l1" else delta.square()
-
-
-def _weighted_info_nce(z: Tensor, weights: Tensor, temperature: float) -> Tensor:
-    """InfoNCE on cosine similarity with per-anchor target weights.
-
-    ``loss = mean_i  -sum_{j != i} w_ij * log softmax_{k != i}(s_ik / T)[j]``
-
-    Args:
-        z: Pooled embeddings, shape ``[n, D]``.
-        weights: Off-diagonal target weights, shape ``[n, n - 1]``; each row sums
-            to one.
-        temperature: Softmax temperature ``T``.
-
-    Returns:
-        Scalar loss.
-    """
-    unit = F.normalize(z, dim=1)  # unit: [n, D]
-    logits = _off_diagonal(unit @ unit.T) / temperature  # logits: [n, n-1]
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # log_prob: [n, n-1]
-    return -(weights * log_prob).sum(dim=1).mean()
 
 
 def _uniform_over_matches(groups: Tensor, dtype: torch.dtype) -> Tensor:
@@ -445,21 +432,28 @@ def rnc_loss_loop(
 # --------------------------------------------------------------------------- #
 # Contrastive baselines
 # --------------------------------------------------------------------------- #
-class NTXentLoss(nn.Module):
-    """SimCLR NT-Xent (Chen et al., 2020) on L2-normalised features.
+class InfoNCELoss(nn.Module, ABC):
+    """InfoNCE on cosine similarity with per-anchor positive weights: the shared core of the baselines.
 
-    All ``V * B`` view-samples are pooled; the positives of an anchor are the
-    other ``V - 1`` views of its subject, the denominator runs over every other
-    sample. The loss is the mean over all ``V * B * (V - 1)`` (anchor, positive)
-    pairs. Labels are validated but otherwise ignored, so that every contrastive
-    loss shares one call signature.
+    The ``n = V * B`` view-samples are pooled; for anchor ``i`` every other sample
+    ``j != i`` is scored by a softmax over the ``n - 1`` others, and the loss is the
+    weighted negative log-probability of the anchor's positives::
+
+        loss = mean_i  -sum_{j != i} w_ij * log( exp(s_ij) / sum_{k != i} exp(s_ik) ),  s = cos / T
+
+    The self-pair ``i = j`` is dropped from every row (not masked), so each row has
+    ``n - 1`` entries. Subclasses define the positives by overriding
+    :meth:`positive_weights`; each weight row sums to one.
 
     Args:
-        temperature: Softmax temperature. The default, 0.2, was chosen for the three
+        temperature: Softmax temperature ``T``. The default, 0.2, was chosen for the three
             InfoNCE baselines on validation MAE (mean over 3 seeds) on the book's default
             cohort and budget (batches of 16 subjects): NT-Xent 14.0 y at 0.1, 11.8 y at 0.2,
             13.7 y at 0.5; SupCon 12.8 y vs 11.8 y; y-Aware 7.6 y vs 7.4 y (0.1 vs 0.2). The
             papers used 0.1 to 0.5 with batches of hundreds.
+
+    Raises:
+        ValueError: If ``temperature`` is not a finite positive number.
     """
 
     def __init__(self, temperature: float = 0.2) -> None:
@@ -470,43 +464,18 @@ class NTXentLoss(nn.Module):
         """Hyper-parameters shown by ``repr``."""
         return f"temperature={self.temperature}"
 
-    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        """Compute the loss.
+    @abstractmethod
+    def positive_weights(self, ages: Tensor, subjects: Tensor) -> Tensor:
+        """Target weights of every (anchor, other sample) pair.
 
         Args:
-            features: Embeddings, shape ``[B, V, D]``.
-            labels: Ages, shape ``[B]`` or ``[B, 1]`` (only validated).
+            ages: Age of each pooled sample, shape ``[n]`` (in the features' dtype).
+            subjects: Subject index of each pooled sample, shape ``[n]``.
 
         Returns:
-            Scalar loss.
+            Off-diagonal weights, shape ``[n, n - 1]`` (row ``i`` covers ``j != i`` in
+            increasing ``j``, as :func:`_off_diagonal`); each row sums to one.
         """
-        z, _, subject = _pool_views(features, labels)
-        weights = _uniform_over_matches(subject, z.dtype)  # weights: [n, n-1]
-        return _weighted_info_nce(z, weights, self.temperature)
-
-
-class SupConLoss(nn.Module):
-    """Supervised contrastive loss, ``L_out`` variant (Khosla et al., NeurIPS 2020).
-
-    The class of a subject is its age bin ``floor(age / bin_width)``; the
-    positives of an anchor are all other pooled samples in the same bin (always
-    including the anchor's other views). Per anchor the log-probabilities of its
-    positives are averaged, then the loss is averaged over anchors. The
-    ``T / base_temperature`` rescaling of the authors' code is not applied.
-
-    Args:
-        temperature: Softmax temperature (0.2: see :class:`NTXentLoss`).
-        bin_width: Width of the age bins, in the labels' unit (years).
-    """
-
-    def __init__(self, temperature: float = 0.2, bin_width: float = 5.0) -> None:
-        super().__init__()
-        self.temperature = _check_positive("temperature", temperature)
-        self.bin_width = _check_positive("bin_width", bin_width)
-
-    def extra_repr(self) -> str:
-        """Hyper-parameters shown by ``repr``."""
-        return f"temperature={self.temperature}, bin_width={self.bin_width}"
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         """Compute the loss.
@@ -516,15 +485,66 @@ class SupConLoss(nn.Module):
             labels: Ages, shape ``[B]`` or ``[B, 1]``.
 
         Returns:
-            Scalar loss.
+            Scalar loss (mean over the ``V * B`` anchors).
         """
-        z, y, _ = _pool_views(features, labels)
-        bins = torch.floor(y / self.bin_width).long()  # bins: [n]
-        weights = _uniform_over_matches(bins, z.dtype)  # weights: [n, n-1]
-        return _weighted_info_nce(z, weights, self.temperature)
+        z, y, subject = _pool_views(features, labels)
+        weights = self.positive_weights(y, subject)  # weights: [n, n-1]
+        unit = F.normalize(z, dim=1)  # unit: [n, D]
+        logits = _off_diagonal(unit @ unit.T) / self.temperature  # logits: [n, n-1]
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)  # log_prob: [n, n-1]
+        return -(weights * log_prob).sum(dim=1).mean()
 
 
-class YAwareLoss(nn.Module):
+class NTXentLoss(InfoNCELoss):
+    """SimCLR NT-Xent (Chen et al., 2020) on L2-normalised features.
+
+    All ``V * B`` view-samples are pooled; the positives of an anchor are the
+    other ``V - 1`` views of its subject, the denominator runs over every other
+    sample. The loss is the mean over all ``V * B * (V - 1)`` (anchor, positive)
+    pairs. Labels are validated but otherwise ignored, so that every contrastive
+    loss shares one call signature.
+
+    Args:
+        temperature: Softmax temperature (0.2: see :class:`InfoNCELoss`).
+    """
+
+    def positive_weights(self, ages: Tensor, subjects: Tensor) -> Tensor:
+        """Uniform weights over the anchor's other views, shape ``[n, n - 1]`` (``ages``: ``[n]``, unused)."""
+        return _uniform_over_matches(subjects, ages.dtype)
+
+
+class SupConLoss(InfoNCELoss):
+    """Supervised contrastive loss, ``L_out`` variant (Khosla et al., NeurIPS 2020).
+
+    The class of a subject is its age bin ``floor(age / bin_width)``; the
+    positives of an anchor are all other pooled samples in the same bin (always
+    including the anchor's other views). Per anchor the log-probabilities of its
+    positives are averaged, then the loss is averaged over anchors. The
+    ``T / base_temperature`` rescaling of the authors' code is not applied.
+
+    Args:
+        temperature: Softmax temperature (0.2: see :class:`InfoNCELoss`).
+        bin_width: Width of the age bins, in the labels' unit (years).
+
+    Raises:
+        ValueError: If ``temperature`` or ``bin_width`` is not a finite positive number.
+    """
+
+    def __init__(self, temperature: float = 0.2, bin_width: float = 5.0) -> None:
+        super().__init__(temperature)
+        self.bin_width = _check_positive("bin_width", bin_width)
+
+    def extra_repr(self) -> str:
+        """Hyper-parameters shown by ``repr``."""
+        return f"{super().extra_repr()}, bin_width={self.bin_width}"
+
+    def positive_weights(self, ages: Tensor, subjects: Tensor) -> Tensor:
+        """Uniform weights over the other samples of the anchor's age bin, shape ``[n, n - 1]``."""
+        bins = torch.floor(ages / self.bin_width).long()  # bins: [n]
+        return _uniform_over_matches(bins, ages.dtype)
+
+
+class YAwareLoss(InfoNCELoss):
     """y-Aware InfoNCE (Dufumier et al., MICCAI 2021) on cosine similarity.
 
     With the RBF kernel ``w_ij = exp(-(y_i - y_j)^2 / (2 sigma^2))``::
@@ -537,33 +557,25 @@ class YAwareLoss(nn.Module):
     distinct ages), ``sigma -> inf`` SupCon with a single bin.
 
     Args:
-        temperature: Softmax temperature (0.2: see :class:`NTXentLoss`).
+        temperature: Softmax temperature (0.2: see :class:`InfoNCELoss`).
         sigma: Kernel bandwidth, in the labels' unit (years).
+
+    Raises:
+        ValueError: If ``temperature`` or ``sigma`` is not a finite positive number.
     """
 
     def __init__(self, temperature: float = 0.2, sigma: float = 5.0) -> None:
-        super().__init__()
-        self.temperature = _check_positive("temperature", temperature)
+        super().__init__(temperature)
         self.sigma = _check_positive("sigma", sigma)
 
     def extra_repr(self) -> str:
         """Hyper-parameters shown by ``repr``."""
-        return f"temperature={self.temperature}, sigma={self.sigma}"
+        return f"{super().extra_repr()}, sigma={self.sigma}"
 
-    def forward(self, features: Tensor, labels: Tensor) -> Tensor:
-        """Compute the loss.
-
-        Args:
-            features: Embeddings, shape ``[B, V, D]``.
-            labels: Ages, shape ``[B]`` or ``[B, 1]``.
-
-        Returns:
-            Scalar loss.
-        """
-        z, y, _ = _pool_views(features, labels)
-        exponent = _off_diagonal(-_pairwise_label_difference(y, "l2") / (2.0 * self.sigma**2))  # [n, n-1]
-        weights = torch.softmax(exponent, dim=1)  # weights: [n, n-1]
-        return _weighted_info_nce(z, weights, self.temperature)
+    def positive_weights(self, ages: Tensor, subjects: Tensor) -> Tensor:
+        """Normalised RBF kernel of the age difference, shape ``[n, n - 1]`` (``subjects`` unused)."""
+        exponent = _off_diagonal(-_pairwise_label_difference(ages, "l2") / (2.0 * self.sigma**2))  # [n, n-1]
+        return torch.softmax(exponent, dim=1)
 
 
 # --------------------------------------------------------------------------- #

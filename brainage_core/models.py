@@ -59,6 +59,9 @@ class BrainAgeModel(nn.Module):
         ``[B, P]``; ``forward(x)``: predicted age in years ``[B]``.
     """
 
+    age_mean: torch.Tensor  # buffer, 0-d: mean training age (years)
+    age_std: torch.Tensor  # buffer, 0-d: training age scale (years)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -1,14 +1,9 @@
-"""The training engine: end-to-end regression and two-stage contrastive training.
+"""Training runs: :func:`train` writes a run directory, :func:`ensure_run` reuses or resumes one.
 
-* **Regression** (``loss.name`` ``mse`` or ``l1``): encoder + linear regressor trained end to
-  end on one augmented view per subject, on standardised age.
-* **Two-stage contrastive** (``rnc``, ``ntxent``, ``supcon``, ``yaware``): the encoder and
-  projection head are trained with the contrastive loss on ``n_views`` augmented views; at each
-  evaluation a linear regressor is fitted with L1 on the frozen (un-augmented) encoder features
-  of the training set (:func:`fit_linear_probe`).
-
-Both use the same backbone, data, augmentation and epoch budget. The epoch with the best
-validation MAE (validation subjects of the training groups; never the test set) is kept.
+The recipes (end-to-end regression, two-stage contrastive with a linear probe) and the
+per-epoch steps live in :mod:`brainage_core.engine`; this module drives them: it checks and
+locks the run directory, selects the epoch with the best validation MAE (validation subjects of
+the training groups; never the test set), checkpoints, logs and writes the outputs.
 
 A run directory holds: ``config.yaml`` (resolved), ``metrics.csv`` (per epoch), ``model.pt``
 (the selected weights, a state dict), ``predictions.csv`` (every manifest row: subject_id,
@@ -17,8 +12,7 @@ split, group, age, predicted_age), ``checkpoint.pt`` (latest epoch, for ``--resu
 atomically, so a run resumed after a kill ends with the same weights as an uninterrupted one.
 
 Multi-GPU / multi-node: launch with ``torchrun``; each rank takes a slice of every global
-batch, contrastive features are gathered across ranks with gradients
-(:func:`~brainage_core.distributed.gather_for_loss`) so negatives span the global batch, and
+batch (contrastive negatives span the global batch, see :mod:`brainage_core.engine`) and
 only rank 0 writes files.
 """
 
@@ -26,29 +20,20 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from sklearn.linear_model import RidgeCV
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from brainage_core import distributed
-from brainage_core.config import ConfigError, ProbeConfig, RunConfig, config_problems
-from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
+from brainage_core.config import ConfigError, RunConfig, config_problems
+from brainage_core.engine import Trainer, fit_linear_probe
 from brainage_core.fileio import atomic_path
-from brainage_core.inference import extract_features, predict_ages, resolve_device
-from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
-from brainage_core.manifest import read_manifest
-from brainage_core.models import build_model
+from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
 from brainage_core.rundir import (
     LOCK_FILES,
@@ -60,233 +45,9 @@ from brainage_core.rundir import (
     write_config,
 )
 
-__all__ = ["ensure_run", "fit_linear_probe", "train"]
+__all__ = ["ensure_run", "fit_linear_probe", "train"]  # fit_linear_probe: re-exported from engine
 
 LOGGER = logging.getLogger("brainage.train")
-
-
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _optimizer(config: RunConfig, parameters) -> torch.optim.Optimizer:
-    optim = config.train
-    if optim.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
-    if optim.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
-    raise ValueError(f"unknown train.optimizer {optim.optimizer!r}; use adamw or sgd")
-
-
-def fit_linear_probe(
-    features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit a linear regressor with L1 loss on frozen features (deterministic, full batch).
-
-    Features are standardised. scikit-learn's ``RidgeCV`` picks the ridge penalty by efficient
-    leave-one-out cross-validation on the training features (unless ``config.ridge`` fixes it)
-    and its solution initialises the weights; Adam then refines them on
-    ``L1 + alpha / N * ||w||^2``. The penalty matters: with fewer subjects than feature
-    dimensions an unpenalised probe interpolates the training ages. The standardisation is
-    folded back into the weights.
-
-    Args:
-        features: ``[N, D]`` training features.
-        ages: ``[N]`` training ages in years.
-        age_mean, age_std: the model's target standardisation.
-        config: probe settings.
-
-    Returns:
-        ``weight [1, D]`` and ``bias [1]`` for ``nn.Linear(D, 1)`` predicting standardised age.
-    """
-    features = features.double()
-    target = (ages.double() - age_mean) / age_std  # target: [N]
-    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
-    z = (features - mean) / std  # z: [N, D]
-    alphas = [config.ridge] if config.ridge is not None else list(np.logspace(-2, 5, 15))
-    ridge = RidgeCV(alphas=alphas).fit(z.numpy(), target.numpy())
-    alpha = float(ridge.alpha_)
-    weight = torch.tensor(ridge.coef_, dtype=z.dtype).unsqueeze(0).requires_grad_(True)  # weight: [1, D]
-    bias = torch.tensor([ridge.intercept_], dtype=z.dtype).requires_grad_(True)  # bias: [1]
-    optimizer = torch.optim.Adam([weight, bias], lr=config.lr)
-    for _ in range(config.steps):
-        optimizer.zero_grad()
-        loss = (z @ weight.T + bias - target.unsqueeze(1)).abs().mean() + alpha / len(z) * weight.pow(2).sum()
-        loss.backward()
-        optimizer.step()
-    weight, bias = weight.detach() / std, bias.detach() - (weight.detach() / std * mean).sum()
-    return weight.float(), bias.float()
-
-
-class _Trainer:
-    """State and steps of one run; :func:`train` drives it."""
-
-    def __init__(self, config: RunConfig, run_dir: Path, progress: bool):
-        self.config = config
-        self.run_dir = run_dir
-        self.progress = progress
-        self.contrastive = config.loss.name in CONTRASTIVE_LOSSES
-        if not self.contrastive and config.loss.name not in REGRESSION_LOSSES:
-            raise ValueError(
-                f"unknown loss.name {config.loss.name!r}; use one of {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}"
-            )
-        self.loss_fn = build_loss(config.loss.name, **config.loss.params)
-        self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.device = resolve_device(config.device)
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-        self.cuda = self.device.type == "cuda"
-
-        self.frame = read_manifest(config.data.manifest)
-        self.frame["split"] = assign_splits(self.frame, config.data.test_fold).to_numpy()
-        self.volumes, _ = load_manifest_volumes(self.frame, config.data, progress=progress and self.rank == 0)
-        self.ages = torch.tensor(self.frame["age"].to_numpy(), dtype=torch.float32)
-        in_groups = self.frame["group"].isin(config.data.train_groups).to_numpy()
-        self.train_idx = np.flatnonzero(in_groups & (self.frame["split"] == "train").to_numpy())
-        self.val_idx = np.flatnonzero(in_groups & (self.frame["split"] == "val").to_numpy())
-        if len(self.train_idx) < 2 or len(self.val_idx) < 1:
-            raise ValueError(
-                f"{config.data.manifest}: need >= 2 training and >= 1 validation scans of groups "
-                f"{list(config.data.train_groups)}; found {len(self.train_idx)} and {len(self.val_idx)}"
-            )
-        n_views = config.loss.n_views if self.contrastive else 1
-        self.dataset = VolumeDataset(self.volumes, self.ages, config.augment, n_views=n_views, seed=config.seed)
-
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model)
-        self.model.set_age_scale(self.ages[self.train_idx])
-        # Each recipe trains one head: contrastive losses the projector (the regressor is fitted
-        # by the probe), regression the regressor. Freezing the other keeps it out of the
-        # optimiser and out of DistributedDataParallel's gradient synchronisation.
-        (self.model.regressor if self.contrastive else self.model.projector).requires_grad_(False)
-        self.model.to(self.device)
-        if self.cuda and config.channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
-        self.network: nn.Module = self.model
-        if self.world > 1:
-            self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
-        self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
-        self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),
-        )
-        self.start_epoch = 0
-        self.best_mae = math.inf
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.epochs_without_improvement = 0
-        self.history: list[dict[str, float]] = []
-
-    # ----------------------------------------------------------------------------- checkpoints
-    def state(self, epoch: int) -> dict:
-        return {
-            "epoch": epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "best_mae": self.best_mae,
-            "best_state": self.best_state,
-            "epochs_without_improvement": self.epochs_without_improvement,
-            "history": self.history,
-        }
-
-    def restore(self, checkpoint: dict) -> None:
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.best_mae = checkpoint["best_mae"]
-        self.best_state = checkpoint["best_state"]
-        self.epochs_without_improvement = checkpoint["epochs_without_improvement"]
-        self.history = checkpoint["history"]
-        self.start_epoch = checkpoint["epoch"] + 1
-
-    # ----------------------------------------------------------------------------- one epoch
-    def _batches(self, epoch: int) -> list[np.ndarray]:
-        """This rank's share of each global batch, in an order fixed by (seed, epoch)."""
-        rng = np.random.default_rng([self.config.seed, epoch])
-        order = self.train_idx[rng.permutation(len(self.train_idx))]
-        size = self.config.train.batch_size
-        batches = [order[i * size : (i + 1) * size] for i in range(self.steps_per_epoch)]
-        return [batch[self.rank :: self.world] for batch in batches]
-
-    def _loss(self, views: torch.Tensor, ages: torch.Tensor) -> torch.Tensor:
-        if self.contrastive:
-            batch, n_views = views.shape[:2]
-            flat = views.flatten(0, 1)  # flat: [B * V, 1, X, Y, Z]
-            if self.cuda and self.config.channels_last:
-                flat = flat.contiguous(memory_format=torch.channels_last_3d)
-            projections = self.network(flat, project=True)  # projections: [B * V, P]
-            features = projections.float().view(batch, n_views, -1)  # features: [B, V, P]
-            features, ages = distributed.gather_for_loss(features, ages)
-            return self.loss_fn(features, ages)
-        if self.cuda and self.config.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last_3d)
-        predicted = self.network(views)  # predicted: [B] years
-        scale = self.model.age_std
-        return self.loss_fn((predicted.float() - self.model.age_mean) / scale, (ages - self.model.age_mean) / scale)
-
-    def train_epoch(self, epoch: int) -> float:
-        self.model.train()
-        self.dataset.set_epoch(epoch)
-        batches = self._batches(epoch)
-        loader = DataLoader(
-            Subset(self.dataset, np.concatenate(batches).tolist()),
-            batch_size=len(batches[0]),
-            shuffle=False,
-            num_workers=self.config.num_workers,
-            pin_memory=self.cuda,
-        )
-        losses = []
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
-            disable=not self.progress or self.rank != 0,
-            leave=False,
-        )
-        for views, ages in bar:
-            views, ages = views.to(self.device, non_blocking=True), ages.to(self.device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
-                loss = self._loss(views, ages)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch + 1}; lower train.lr")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        return float(np.mean(losses))
-
-    def evaluate(self) -> tuple[float, float]:
-        """Fit the probe (contrastive) and return (train MAE, validation MAE) in years."""
-        if self.contrastive:
-            features = extract_features(self.model, self.volumes[self.train_idx], self.device)
-            weight, bias = fit_linear_probe(
-                features,
-                self.ages[self.train_idx],
-                float(self.model.age_mean),
-                float(self.model.age_std),
-                self.config.probe,
-            )
-            with torch.no_grad():
-                self.model.regressor.weight.copy_(weight)
-                self.model.regressor.bias.copy_(bias)
-        train_mae = float(
-            (predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx])
-            .abs()
-            .mean()
-        )
-        val_mae = float(
-            (predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean()
-        )
-        return train_mae, val_mae
 
 
 def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
@@ -393,7 +154,7 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
     handler = _setup_logging(run_dir, distributed.rank())
     finished = False
     try:
-        trainer = _Trainer(config, run_dir, progress)
+        trainer = Trainer(config, run_dir, progress)
         if resume:
             trainer.restore(load_torch_file(checkpoint_path, map_location=trainer.device))
             LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
@@ -431,7 +192,7 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
     return run_dir
 
 
-def _run_epoch(trainer: _Trainer, epoch: int, checkpoint_path: Path, progress: bool, is_main: bool) -> bool:
+def _run_epoch(trainer: Trainer, epoch: int, checkpoint_path: Path, progress: bool, is_main: bool) -> bool:
     """Train and evaluate one epoch, checkpoint it; return whether early stopping ends the run."""
     config = trainer.config
     started = time.perf_counter()
@@ -449,7 +210,7 @@ def _run_epoch(trainer: _Trainer, epoch: int, checkpoint_path: Path, progress: b
         "train_loss": train_loss,
         "train_mae": train_mae,
         "val_mae": val_mae,
-        "lr": trainer.scheduler.get_last_lr()[0],
+        "lr": float(trainer.scheduler.get_last_lr()[0]),
         "seconds": time.perf_counter() - started,
     }
     trainer.history.append(row)
@@ -483,7 +244,7 @@ def _remove_untrained_run(run_dir: Path, created: bool) -> None:
     remove_owned(run_dir, [*RUN_FILES, "checkpoint.pt", *LOCK_FILES])
 
 
-def _write_outputs(trainer: _Trainer, run_dir: Path) -> None:
+def _write_outputs(trainer: Trainer, run_dir: Path) -> None:
     if trainer.best_state is None:  # resumed after the last epoch was checkpointed
         trainer.best_state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(trainer.best_state)

@@ -12,6 +12,7 @@ from brainage_core.bench import bench_rnc_loss
 from brainage_core.losses import (
     CONTRASTIVE_LOSSES,
     REGRESSION_LOSSES,
+    InfoNCELoss,
     NTXentLoss,
     RegressionLoss,
     RnCLoss,
@@ -293,6 +294,21 @@ def test_yaware_kernel_limits() -> None:
     wide = YAwareLoss(temperature=0.2, sigma=1e6)(features, ages)
     single_bin = SupConLoss(temperature=0.2, bin_width=1e6)(features, ages)
     torch.testing.assert_close(wide, single_bin, rtol=1e-9, atol=0.0)
+
+
+def test_an_infonce_loss_is_defined_by_its_positive_weights() -> None:
+    class AllOthersPositive(InfoNCELoss):
+        def positive_weights(self, ages: Tensor, subjects: Tensor) -> Tensor:
+            n = ages.shape[0]
+            return torch.full((n, n - 1), 1.0 / (n - 1), dtype=ages.dtype)
+
+    torch.manual_seed(11)
+    features = torch.randn(4, 2, 6, dtype=torch.float64)  # [B, V, D]
+    ages = torch.tensor([20.0, 30.0, 40.0, 50.0])
+    single_bin = SupConLoss(temperature=0.3, bin_width=1e6)(features, ages)
+    assert torch.equal(AllOthersPositive(temperature=0.3)(features, ages), single_bin)
+    with pytest.raises(TypeError):
+        InfoNCELoss()  # abstract: the positives must be defined
 
 
 @pytest.mark.parametrize("name", CONTRASTIVE_LOSSES)

@@ -487,10 +487,10 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(cohort: Path, tmp_path: Path) -
 def test_a_failure_after_training_began_is_logged_and_resumable(
     cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from brainage_core import train as train_module
+    from brainage_core import engine
 
     calls = {"n": 0}
-    original = train_module._Trainer.evaluate
+    original = engine.Trainer.evaluate
 
     def failing_second_epoch(self):  # the evaluation of epoch 2 fails
         calls["n"] += 1
@@ -498,7 +498,7 @@ def test_a_failure_after_training_began_is_logged_and_resumable(
             raise FloatingPointError("non-finite training loss nan at epoch 2; lower train.lr")
         return original(self)
 
-    monkeypatch.setattr(train_module._Trainer, "evaluate", failing_second_epoch)
+    monkeypatch.setattr(engine.Trainer, "evaluate", failing_second_epoch)
     with pytest.raises(FloatingPointError):
         train(load_config(None, overrides(cohort, tmp_path / "cache", epochs=3)), tmp_path / "run", progress=False)
     log = (tmp_path / "run" / "log.txt").read_text()

@@ -1,0 +1,311 @@
+"""The training engine: one run's model, optimiser, epochs and evaluation (driven by :mod:`brainage_core.train`).
+
+* **Regression** (``loss.name`` ``mse`` or ``l1``): encoder + linear regressor trained end to
+  end on one augmented view per subject, on standardised age.
+* **Two-stage contrastive** (``rnc``, ``ntxent``, ``supcon``, ``yaware``): the encoder and
+  projection head are trained with the contrastive loss on ``n_views`` augmented views; at each
+  evaluation a linear regressor is fitted with L1 on the frozen (un-augmented) encoder features
+  of the training set (:func:`fit_linear_probe`).
+
+Both use the same backbone, data, augmentation and epoch budget, and the same batch loss
+(:func:`compute_loss`, also timed by :mod:`brainage_core.bench`). Each epoch's randomness is
+derived from (seed, epoch), so a run resumed from :meth:`Trainer.state` ends with the same
+weights as an uninterrupted one. Under ``torchrun`` each rank takes a slice of every global
+batch and contrastive features are gathered across ranks with gradients
+(:func:`~brainage_core.distributed.gather_for_loss`), so negatives span the global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import RidgeCV
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from brainage_core import distributed
+from brainage_core.config import ProbeConfig, RunConfig
+from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
+from brainage_core.inference import extract_features, predict_ages, resolve_device
+from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
+from brainage_core.manifest import read_manifest
+from brainage_core.models import build_model
+
+__all__ = ["Trainer", "compute_loss", "fit_linear_probe"]
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimiser step: linear warm-up, then cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _optimizer(config: RunConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser ``config.train.optimizer`` (``adamw`` or ``sgd``) over ``parameters``."""
+    optim = config.train
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    raise ValueError(f"unknown train.optimizer {optim.optimizer!r}; use adamw or sgd")
+
+
+def fit_linear_probe(
+    features: torch.Tensor, ages: torch.Tensor, age_mean: float, age_std: float, config: ProbeConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit a linear regressor with L1 loss on frozen features (deterministic, full batch).
+
+    Features are standardised. scikit-learn's ``RidgeCV`` picks the ridge penalty by efficient
+    leave-one-out cross-validation on the training features (unless ``config.ridge`` fixes it)
+    and its solution initialises the weights; Adam then refines them on
+    ``L1 + alpha / N * ||w||^2``. The penalty matters: with fewer subjects than feature
+    dimensions an unpenalised probe interpolates the training ages. The standardisation is
+    folded back into the weights.
+
+    Args:
+        features: ``[N, D]`` training features.
+        ages: ``[N]`` training ages in years.
+        age_mean, age_std: the model's target standardisation.
+        config: probe settings.
+
+    Returns:
+        ``weight [1, D]`` and ``bias [1]`` for ``nn.Linear(D, 1)`` predicting standardised age.
+    """
+    features = features.double()
+    target = (ages.double() - age_mean) / age_std  # target: [N]
+    mean, std = features.mean(0), features.std(0).clamp(min=1e-6)
+    z = (features - mean) / std  # z: [N, D]
+    alphas = [config.ridge] if config.ridge is not None else list(np.logspace(-2, 5, 15))
+    ridge = RidgeCV(alphas=alphas).fit(z.numpy(), target.numpy())
+    alpha = float(ridge.alpha_)
+    weight = torch.tensor(ridge.coef_, dtype=z.dtype).unsqueeze(0).requires_grad_(True)  # weight: [1, D]
+    bias = torch.tensor([ridge.intercept_], dtype=z.dtype).requires_grad_(True)  # bias: [1]
+    optimizer = torch.optim.Adam([weight, bias], lr=config.lr)
+    for _ in range(config.steps):
+        optimizer.zero_grad()
+        loss = (z @ weight.T + bias - target.unsqueeze(1)).abs().mean() + alpha / len(z) * weight.pow(2).sum()
+        loss.backward()
+        optimizer.step()
+    weight, bias = weight.detach() / std, bias.detach() - (weight.detach() / std * mean).sum()
+    return weight.float(), bias.float()
+
+
+def compute_loss(
+    network: nn.Module,
+    loss_fn: nn.Module,
+    views: torch.Tensor,
+    ages: torch.Tensor,
+    *,
+    contrastive: bool,
+    age_mean: torch.Tensor,
+    age_std: torch.Tensor,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """The training loss of one batch: forward pass, then the contrastive or regression loss.
+
+    Contrastive: the projections of all views are gathered across ranks (with gradients; the
+    input unchanged when not distributed) and ``loss_fn(features [B, V, P], ages [B])`` is
+    returned. Regression: ``loss_fn`` compares predicted and true ages, both standardised with
+    ``age_mean`` / ``age_std``. Projections and predictions are cast to float32 first (they may
+    come out of a bfloat16 autocast region).
+
+    Args:
+        network: :class:`~brainage_core.models.BrainAgeModel`, possibly wrapped in
+            ``DistributedDataParallel``.
+        loss_fn: a loss of :func:`~brainage_core.losses.build_loss`.
+        views: volumes ``[B, V, 1, X, Y, Z]`` (contrastive, ``V`` views per subject) or
+            ``[B, 1, X, Y, Z]`` (regression).
+        ages: ages in years ``[B]``.
+        contrastive: whether ``loss_fn`` is a contrastive loss.
+        age_mean: the model's target mean, a 0-d tensor (years).
+        age_std: the model's target scale, a 0-d tensor (years).
+        channels_last: feed the network channels-last-3d volumes (the model's weights must be in
+            that layout too).
+
+    Returns:
+        Scalar loss.
+    """
+    if contrastive:
+        batch, n_views = views.shape[:2]
+        flat = views.flatten(0, 1)  # flat: [B * V, 1, X, Y, Z]
+        if channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last_3d)
+        projections = network(flat, project=True)  # projections: [B * V, P]
+        features = projections.float().view(batch, n_views, -1)  # features: [B, V, P]
+        features, ages = distributed.gather_for_loss(features, ages)
+        return loss_fn(features, ages)
+    if channels_last:
+        views = views.contiguous(memory_format=torch.channels_last_3d)
+    predicted = network(views)  # predicted: [B] years
+    return loss_fn((predicted.float() - age_mean) / age_std, (ages - age_mean) / age_std)
+
+
+class Trainer:
+    """State and steps of one run; :func:`~brainage_core.train.train` drives it."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, progress: bool):
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.contrastive = config.loss.name in CONTRASTIVE_LOSSES
+        if not self.contrastive and config.loss.name not in REGRESSION_LOSSES:
+            raise ValueError(
+                f"unknown loss.name {config.loss.name!r}; use one of {CONTRASTIVE_LOSSES + REGRESSION_LOSSES}"
+            )
+        self.loss_fn = build_loss(config.loss.name, **config.loss.params)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.device = resolve_device(config.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+        self.cuda = self.device.type == "cuda"
+
+        self.frame = read_manifest(config.data.manifest)
+        self.frame["split"] = assign_splits(self.frame, config.data.test_fold).to_numpy()
+        self.volumes, _ = load_manifest_volumes(self.frame, config.data, progress=progress and self.rank == 0)
+        self.ages = torch.tensor(self.frame["age"].to_numpy(), dtype=torch.float32)
+        in_groups = self.frame["group"].isin(config.data.train_groups).to_numpy()
+        self.train_idx = np.flatnonzero(in_groups & (self.frame["split"] == "train").to_numpy())
+        self.val_idx = np.flatnonzero(in_groups & (self.frame["split"] == "val").to_numpy())
+        if len(self.train_idx) < 2 or len(self.val_idx) < 1:
+            raise ValueError(
+                f"{config.data.manifest}: need >= 2 training and >= 1 validation scans of groups "
+                f"{list(config.data.train_groups)}; found {len(self.train_idx)} and {len(self.val_idx)}"
+            )
+        n_views = config.loss.n_views if self.contrastive else 1
+        self.dataset = VolumeDataset(self.volumes, self.ages, config.augment, n_views=n_views, seed=config.seed)
+
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model)
+        self.model.set_age_scale(self.ages[self.train_idx])
+        # Each recipe trains one head: contrastive losses the projector (the regressor is fitted
+        # by the probe), regression the regressor. Freezing the other keeps it out of the
+        # optimiser and out of DistributedDataParallel's gradient synchronisation.
+        (self.model.regressor if self.contrastive else self.model.projector).requires_grad_(False)
+        self.model.to(self.device)
+        if self.cuda and config.channels_last:
+            self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # not in torch's stubs
+        self.network: nn.Module = self.model
+        if self.world > 1:
+            self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
+        self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
+        self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),
+        )
+        self.start_epoch = 0
+        self.best_mae = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.epochs_without_improvement = 0
+        self.history: list[dict[str, float]] = []
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_mae": self.best_mae,
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "history": self.history,
+        }
+
+    def restore(self, checkpoint: dict) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.best_mae = checkpoint["best_mae"]
+        self.best_state = checkpoint["best_state"]
+        self.epochs_without_improvement = checkpoint["epochs_without_improvement"]
+        self.history = checkpoint["history"]
+        self.start_epoch = checkpoint["epoch"] + 1
+
+    # ----------------------------------------------------------------------------- one epoch
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's share of each global batch, in an order fixed by (seed, epoch)."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        order = self.train_idx[rng.permutation(len(self.train_idx))]
+        size = self.config.train.batch_size
+        batches = [order[i * size : (i + 1) * size] for i in range(self.steps_per_epoch)]
+        return [batch[self.rank :: self.world] for batch in batches]
+
+    def train_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.dataset.set_epoch(epoch)
+        batches = self._batches(epoch)
+        loader = DataLoader(
+            Subset(self.dataset, np.concatenate(batches).tolist()),
+            batch_size=len(batches[0]),
+            shuffle=False,
+            num_workers=self.config.num_workers,
+            pin_memory=self.cuda,
+        )
+        losses = []
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{self.config.train.epochs}",
+            disable=not self.progress or self.rank != 0,
+            leave=False,
+        )
+        for views, ages in bar:
+            views, ages = views.to(self.device, non_blocking=True), ages.to(self.device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
+                loss = compute_loss(
+                    self.network,
+                    self.loss_fn,
+                    views,
+                    ages,
+                    contrastive=self.contrastive,
+                    age_mean=self.model.age_mean,
+                    age_std=self.model.age_std,
+                    channels_last=self.cuda and self.config.channels_last,
+                )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch + 1}; lower train.lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return float(np.mean(losses))
+
+    def evaluate(self) -> tuple[float, float]:
+        """Fit the probe (contrastive) and return (train MAE, validation MAE) in years."""
+        if self.contrastive:
+            features = extract_features(self.model, self.volumes[self.train_idx], self.device)
+            weight, bias = fit_linear_probe(
+                features,
+                self.ages[self.train_idx],
+                float(self.model.age_mean),
+                float(self.model.age_std),
+                self.config.probe,
+            )
+            with torch.no_grad():
+                self.model.regressor.weight.copy_(weight)
+                self.model.regressor.bias.copy_(bias)
+        train_mae = float(
+            (predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx])
+            .abs()
+            .mean()
+        )
+        val_mae = float(
+            (predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean()
+        )
+        return train_mae, val_mae
