@@ -20,6 +20,7 @@ from nilearn.image import resample_to_img
 
 from brainage_core.cohorts import ixi
 from brainage_core.cohorts.ixi import ImportReport, assign_folds, import_ixi, parse_ixi_name, read_demographics
+from brainage_core.cohorts.ixi.jobs import ScanJob, cached_qc
 from brainage_core.fileio import sha256_file
 from brainage_core.manifest import read_manifest, validate_manifest
 from tests.conftest import IXI_DIR
@@ -183,7 +184,7 @@ def test_corrupt_file_is_reported_and_the_rest_imported(imported: tuple[Path, Im
 
 def test_outputs_are_skull_stripped_ras_on_the_template_grid(imported: tuple[Path, ImportReport]) -> None:
     out_dir, _ = imported
-    template = ixi.load_template(2.0)
+    template = ixi.load_registration_template(2.0)
     grid_shape = template.brain.GetSize()
     manifest = read_manifest(out_dir / "manifest.csv")
     assert manifest.columns.tolist() == ["subject_id", "image", "age", "sex", "group", "site", "mask", "labels", "fold"]
@@ -213,7 +214,7 @@ def test_qc_and_registration_overlap(imported: tuple[Path, ImportReport]) -> Non
     assert len(qc) == 3 and qc["qc_pass"].all()
     assert (qc["correlation"] >= ixi.QC_MIN_CORRELATION).all() and (qc["dice"] >= ixi.QC_MIN_DICE).all()
     assert qc["brain_volume_ml"].between(1200, 1800).all()
-    # Dice with nilearn's own MNI152 brain mask, resampled onto our grid: independent of ixi.py.
+    # Dice with nilearn's own MNI152 brain mask, resampled onto our grid: independent of the ixi package.
     manifest = read_manifest(out_dir / "manifest.csv")
     reference = resample_to_img(
         load_mni152_brain_mask(resolution=2),
@@ -233,7 +234,7 @@ def test_qc_and_registration_overlap(imported: tuple[Path, ImportReport]) -> Non
 
 def test_qc_flags_a_misaligned_scan(imported: tuple[Path, ImportReport]) -> None:
     out_dir, _ = imported
-    template = ixi.load_template(2.0)
+    template = ixi.load_registration_template(2.0)
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "images" / "IXI012_T1w_mni.nii.gz")))  # [Z, Y, X]
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "masks" / "IXI012_mask_mni.nii.gz")))
     aligned = ixi.qc_metrics(image, mask, template)
@@ -255,8 +256,9 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached scan was registered again")
 
-    monkeypatch.setattr(ixi, "register_to_template", forbidden)
-    monkeypatch.setattr(ixi, "_n4", forbidden)
+    for module in (ixi.jobs, ixi.registration):  # where the per-scan steps look them up
+        monkeypatch.setattr(module, "register_to_template", forbidden)
+        monkeypatch.setattr(module, "n4_bias_correction", forbidden)
     t1_dir = out_dir.parent / "t1"
     again = import_ixi(
         t1_dir, IXI_DIR / "participants.csv", out_dir, mask_dir=out_dir.parent / "seg", workers=2, progress=False
@@ -269,15 +271,15 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     scan = parse_ixi_name(t1_dir / f"{SUBJECTS[0]}_T1.nii.gz")
     mask_path = out_dir.parent / "seg" / f"{SUBJECTS[0]}_T1_DLMUSE.nii.gz"
     inputs = {"t1": sha256_file(scan.path), "mask": sha256_file(mask_path)}
-    job = ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs=inputs)
-    assert ixi._cached_qc(job) is not None
+    job = ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs=inputs)
+    assert cached_qc(job) is not None
     assert (
-        ixi._cached_qc(
-            ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs={**inputs, "t1": "0" * 64})
+        cached_qc(
+            ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs={**inputs, "t1": "0" * 64})
         )
         is None
     )
-    assert ixi._cached_qc(ixi._Job(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=1.5, inputs=inputs)) is None
+    assert cached_qc(ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=1.5, inputs=inputs)) is None
 
 
 def test_crafted_table_reports_every_mismatch(
