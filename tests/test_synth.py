@@ -14,7 +14,7 @@ import pytest
 
 from brainage_core.analysis.baseline import baseline_age_prediction
 from brainage_core.cohorts import synthetic as synth
-from brainage_core.cohorts.synthetic_config import SubjectParams, SynthConfig, assign_splits, sample_subjects
+from brainage_core.cohorts.synthetic import SubjectParams, SynthConfig, assign_splits, sample_subjects
 from brainage_core.manifest import read_manifest, validate_manifest
 
 SPACING = 3.0
@@ -210,12 +210,12 @@ def test_interrupted_generation_leaves_no_trusted_manifest(tmp_path: Path, monke
             raise RuntimeError("injected failure")
         return real(model, subject)
 
-    monkeypatch.setattr(synth, "synthesize_subject", failing)
+    monkeypatch.setattr(synth.model, "synthesize_subject", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert not (out_dir / "manifest.csv").exists() and not (out_dir / "cohort.json").exists()
     assert not list(out_dir.rglob(".tmp-*"))
-    monkeypatch.setattr(synth, "synthesize_subject", real)
+    monkeypatch.setattr(synth.model, "synthesize_subject", real)
     manifest = synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert validate_manifest(manifest) == [] and len(read_manifest(manifest)) == 4
 

@@ -55,7 +55,7 @@ from scipy.special import expit
 from tqdm import tqdm
 
 from brainage_core import __version__
-from brainage_core.cohorts.synthetic_config import (
+from brainage_core.cohorts.synthetic.config import (
     SubjectParams,
     SynthConfig,
     aging_targets,
