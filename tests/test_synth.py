@@ -1,4 +1,4 @@
-"""Tests of the synthetic aging cohort (brainage_core.cohorts.synthetic, synth_config, baseline)."""
+"""Tests of the synthetic aging cohort (the brainage_core.cohorts.synthetic package, baseline)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from brainage_core.analysis.baseline import baseline_age_prediction
 from brainage_core.cohorts import synthetic as synth
-from brainage_core.cohorts.synthetic import SubjectParams, SynthConfig, assign_splits, sample_subjects
+from brainage_core.cohorts.synthetic import SubjectParams, SynthConfig, assign_cohort_splits, sample_subjects
 from brainage_core.manifest import read_manifest, validate_manifest
 
 SPACING = 3.0
@@ -138,7 +138,7 @@ def test_subject_sampling_is_realistic() -> None:
     assert np.corrcoef(ad["cdr"], ad["true_gap"])[0, 1] > 0  # gap grows with severity
     men, women = frame[frame["sex"] == "M"], frame[frame["sex"] == "F"]
     assert men["head_scale"].mean() > women["head_scale"].mean()
-    splits = pd.Series(assign_splits(subjects, config, 3))
+    splits = pd.Series(assign_cohort_splits(subjects, config, 3))
     assert splits.value_counts(normalize=True).round(2).to_dict() == {"train": 0.6, "val": 0.2, "test": 0.2}
     for group in ("CN", "AD", "PD"):
         in_group = splits[frame["group"] == group].value_counts(normalize=True)
@@ -210,12 +210,12 @@ def test_interrupted_generation_leaves_no_trusted_manifest(tmp_path: Path, monke
             raise RuntimeError("injected failure")
         return real(model, subject)
 
-    monkeypatch.setattr(synth.model, "synthesize_subject", failing)
+    monkeypatch.setattr(synth.writer, "synthesize_subject", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert not (out_dir / "manifest.csv").exists() and not (out_dir / "cohort.json").exists()
     assert not list(out_dir.rglob(".tmp-*"))
-    monkeypatch.setattr(synth.model, "synthesize_subject", real)
+    monkeypatch.setattr(synth.writer, "synthesize_subject", real)
     manifest = synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert validate_manifest(manifest) == [] and len(read_manifest(manifest)) == 4
 
