@@ -2,7 +2,8 @@
 
 :class:`SynthConfig` gathers the sections of :mod:`brainage_core.cohorts.synthetic.params` and is
 read by :func:`brainage_core.cohorts.synthetic.generate_cohort`. A YAML file holds a subset of the
-fields, nested like :meth:`SynthConfig.to_dict`; missing fields keep their defaults::
+fields, nested like :meth:`SynthConfig.to_dict`; missing fields keep their defaults (the loader is
+:func:`brainage_core.config_loader.dataclass_from_dict`, the one of every config)::
 
     groups:
       AD: {fraction: 0.2}
@@ -36,8 +37,11 @@ from brainage_core.cohorts.synthetic.params import (
     default_groups,
     default_splits,
 )
+from brainage_core.config_loader import ConfigError, dataclass_from_dict
 
 __all__ = ["SynthConfig"]
+
+SOURCE = "the synthetic-cohort config"
 
 
 @dataclass
@@ -58,59 +62,69 @@ class SynthConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SynthConfig:
-        """Build a config from nested dicts; missing fields keep their defaults.
+    def from_dict(cls, data: dict[str, Any], source: str = SOURCE) -> SynthConfig:
+        """Build a config from nested plain values and check it.
+
+        Read by :func:`brainage_core.config_loader.dataclass_from_dict`, the loader of every
+        config: missing fields keep their defaults, an entry of ``groups`` is merged into the
+        default group of that name, ``splits`` and the score tables replace their defaults, and
+        every value is converted to its field's type.
+
+        Args:
+            data: sections nested like :meth:`to_dict` (any subset).
+            source: names the config in the error message (the YAML file, say).
 
         Raises:
-            ValueError: an unknown section or field name (the message lists the known ones).
+            ConfigError: (a ValueError) every unknown section, group or field, wrong type and
+                invalid value at once, each naming its field (see :meth:`problems`).
         """
-        config = cls()
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ValueError(f"unknown SynthConfig section(s) {sorted(unknown)}; known: {known}")
-        for section in ("groups", "splits"):
-            if not isinstance(data.get(section) or {}, dict):
-                raise ValueError(f"{section}: expected a mapping, got {data[section]!r}")
-        groups = default_groups()
-        for name, spec in (data.get("groups") or {}).items():
-            if name not in SYNTH_GROUPS:
-                raise ValueError(f"groups: unknown group {name!r}; the phantom simulates only {list(SYNTH_GROUPS)}")
-            groups[name] = GroupSpec(**_merge(f"groups.{name}", dataclasses.asdict(groups[name]), spec, GroupSpec))
-        config.groups = groups
-        for section in ("aging", "scores", "disease", "anatomy", "scanner", "intensities"):
-            if section in data:
-                current = getattr(config, section)
-                merged = _merge(section, dataclasses.asdict(current), data[section], type(current))
-                setattr(config, section, type(current)(**merged))
-        if "splits" in data:
-            config.splits = {str(k): float(v) for k, v in data["splits"].items()}
+        problems: list[str] = []
+        groups = data.get("groups")
+        if isinstance(groups, dict) and set(groups) - set(SYNTH_GROUPS):
+            unknown = [name for name in groups if name not in SYNTH_GROUPS]
+            problems.append(f"groups: unknown group name(s) {unknown}; the phantom simulates only {list(SYNTH_GROUPS)}")
+            data = {**data, "groups": {name: spec for name, spec in groups.items() if name in SYNTH_GROUPS}}
+        config = dataclass_from_dict(cls, data, problems)
+        problems += config.problems()
+        if problems:
+            raise ConfigError(list(dict.fromkeys(problems)), source)
         return config
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> SynthConfig:
-        """Read a (partial) config from a YAML file and validate it.
+        """Read a (partial) config from a YAML file and check it (see :meth:`from_dict`).
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
-            ValueError: unknown fields or invalid values (see :meth:`validate`).
+            ConfigError: (a ValueError) the file is not a YAML mapping, or every problem of
+                :meth:`from_dict`.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"synthetic-cohort config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError([f"not valid YAML ({' '.join(str(error).split())})"], str(path)) from None
+        except UnicodeDecodeError:
+            raise ConfigError(["not a text (YAML) file"], str(path)) from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of sections (groups, aging, ...), got {type(data).__name__}")
-        config = cls.from_dict(data)
-        config.validate()
-        return config
+            kind = type(data).__name__
+            raise ConfigError([f"expected a mapping of sections (groups, aging, ...), got {kind}"], str(path))
+        return cls.from_dict(data, source=str(path))
 
     def validate(self) -> None:
-        """Check every value; raise one ValueError listing all problems.
+        """Raise one ConfigError listing every invalid value (see :meth:`problems`).
 
         Raises:
-            ValueError: each problem names the field, its value and the allowed range.
+            ConfigError: (a ValueError) each problem names the field, its value and the allowed range.
         """
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, SOURCE)
+
+    def problems(self) -> list[str]:
+        """Every invalid value, each naming the field, its value and the allowed range."""
         problems: list[str] = []
 
         def need(name: str, value: float, low: float, high: float = math.inf, low_open: bool = False) -> None:
@@ -231,19 +245,7 @@ class SynthConfig:
         i = self.intensities
         if not i.wm > i.gm > i.csf:
             problems.append(f"intensities: a T1 needs wm > gm > csf, got wm={i.wm:g}, gm={i.gm:g}, csf={i.csf:g}")
-        if problems:
-            raise ValueError("invalid SynthConfig:\n  - " + "\n  - ".join(problems))
-
-
-def _merge(where: str, base: dict[str, Any], override: Any, kind: type) -> dict[str, Any]:
-    """Overlay ``override`` (a mapping from YAML) on ``base``, rejecting unknown field names."""
-    if not isinstance(override, dict):
-        raise ValueError(f"{where}: expected a mapping of fields, got {override!r}")
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(override) - known
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; known fields: {sorted(known)}")
-    return {**base, **override}
+        return problems
 
 
 def _check_fractions(name: str, fractions: dict[Any, float], problems: list[str]) -> None:
