@@ -9,18 +9,16 @@ notebooks' ``overrides`` parameter, a profile's ``overrides`` in ``runs.yml``).
 Loading validates the whole config and lists every problem at once (unknown keys, types,
 ranges, names, the loss's parameters against its signature), so a typo never silently falls
 back to a default and never surfaces after hours of preprocessing. Plain dataclasses with one
-loader (:func:`dataclass_from_dict`) were kept over pydantic or OmegaConf: the loader is ~60
+loader (:func:`~brainage_core.config_loader.dataclass_from_dict`, re-exported here, also used by
+the synthetic phantom's ``SynthConfig``) were kept over pydantic or OmegaConf: the loader is ~150
 lines, lists all problems rather than the first, and adds no dependency.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
-import types
-import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from brainage_core.config_loader import ConfigError, dataclass_from_dict
 from brainage_core.data import DataConfig
 from brainage_core.imaging import AugmentConfig
 from brainage_core.models import ModelConfig
@@ -158,98 +157,6 @@ class CohortConfig:
 
 
 COHORT_PREFIX = "cohort."
-
-
-class ConfigError(ValueError):
-    """A run config has problems; ``problems`` lists every one (field name first)."""
-
-    def __init__(self, problems: list[str], source: str = "the run config"):
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s):\n{lines}")
-
-
-def _coerce(value: Any, annotation: Any, name: str) -> Any:
-    """Convert a YAML value to the field's declared type; ValueError names the field."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], name)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name}: must be a list, got {value!r}")
-        item_type = args[0] if args else Any
-        return tuple(_coerce(v, item_type, name) for v in value)
-    if origin is dict or annotation is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{name}: must be a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name}: must be true or false, got {value!r}")
-        return value
-    if annotation in (int, float, str):
-        if (
-            value is None
-            or isinstance(value, (bool, list, dict))
-            or (annotation is not str and isinstance(value, str) and not _is_number(value))
-        ):
-            raise ValueError(
-                f"{name}: must be {'an integer' if annotation is int else 'a number' if annotation is float else 'a string'}, got {value!r}"
-            )
-        try:
-            converted = annotation(value)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise ValueError(f"{name}: must be {annotation.__name__}, got {value!r}") from error
-        if annotation is int and isinstance(value, float) and value != converted:
-            raise ValueError(f"{name}: must be an integer, got {value!r}")
-        if annotation is float and not math.isfinite(converted):
-            raise ValueError(f"{name}: must be a finite number, got {value!r}")
-        return converted
-    return value
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def dataclass_from_dict(cls: type, values: dict[str, Any], problems: list[str], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from ``values``, appending every problem; bad fields keep defaults."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    where = f"section {prefix!r}" if prefix else "the config"
-    for key in sorted(set(values) - set(names), key=str):
-        problems.append(
-            f"{prefix + '.' if prefix else ''}{key}: unknown key in {where}; valid keys: {', '.join(names)}"
-        )
-    kwargs = {}
-    for key in names:
-        if key not in values:
-            continue
-        name = f"{prefix}.{key}".lstrip(".")
-        annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            if not isinstance(values[key], dict):
-                problems.append(f"{name}: must be a section (a mapping of keys), got {values[key]!r}")
-                continue
-            kwargs[key] = dataclass_from_dict(annotation, values[key], problems, name)
-            continue
-        try:
-            kwargs[key] = _coerce(values[key], annotation, name)
-        except ValueError as error:
-            problems.append(str(error))
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as error:  # a section's own __post_init__ checks
-        problems.append(f"{prefix or 'config'}: {error}")
-        return cls()
 
 
 def _check_range(

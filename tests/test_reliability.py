@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 from brainage_core.cli import main
-from brainage_core.config import load_config
+from brainage_core.config import dataclass_from_dict, load_config
 from brainage_core.imaging import PreprocessConfig, VolumeCache
 from brainage_core.rundir import lock_run
 from brainage_core.train import train
@@ -381,6 +382,41 @@ def test_every_config_problem_is_listed_at_once(tmp_path: Path, capsys: pytest.C
     code, err = run_cli(["train", "--config", str(config), "--run-dir", str(tmp_path / "run")], capsys)
     assert code == 2 and "not valid YAML" in err and str(config) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+@dataclass
+class _Span:
+    low: float
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.low > self.high:
+            raise ValueError("low must be <= high")
+
+
+@dataclass
+class _Spans:
+    main: _Span = field(default_factory=lambda: _Span(0.0))
+    named: dict[str, _Span] = field(default_factory=lambda: {"a": _Span(0.5)})
+
+
+def test_config_loader_names_missing_required_fields_and_never_crashes() -> None:
+    """A dataclass with required fields: a missing one is named, a failed check recorded, nothing raised."""
+    problems: list[str] = []
+    assert dataclass_from_dict(_Span, {"high": 2.0}, problems, "span") is None
+    assert problems == ["span.low: missing from section 'span'; it has no default, give a value"]
+    problems = []
+    assert dataclass_from_dict(_Span, {"low": 3.0, "high": 2.0}, problems, "span") is None
+    assert problems == ["span: low must be <= high"]
+    problems = []
+    named = {"a": {"high": 0.7}, "b": {"low": 0.1}, "c": {"high": 2}}
+    spans = dataclass_from_dict(_Spans, {"main": {"low": 5.0}, "named": named}, problems)
+    assert spans.main == _Span(0.0), "a section that fails its check keeps its default"
+    assert spans.named == {"a": _Span(0.5, 0.7), "b": _Span(0.1)}, "entries merge into their defaults"
+    assert problems == [
+        "main: low must be <= high",
+        "named.c.low: missing from section 'named.c'; it has no default, give a value",
+    ]
 
 
 # ------------------------------------------------------------------------ checkpoints and models

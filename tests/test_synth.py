@@ -1,10 +1,12 @@
-"""Tests of the synthetic aging cohort (brainage_core.cohorts.synthetic, synth_config, baseline)."""
+"""Tests of the synthetic aging cohort (the brainage_core.cohorts.synthetic package, baseline)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,9 +16,11 @@ import pytest
 
 from brainage_core.analysis.baseline import baseline_age_prediction
 from brainage_core.cohorts import synthetic as synth
-from brainage_core.cohorts.synthetic_config import SubjectParams, SynthConfig, assign_splits, sample_subjects
+from brainage_core.cohorts.synthetic import SubjectParams, SynthConfig, assign_cohort_splits, sample_subjects
+from brainage_core.config_loader import ConfigError
 from brainage_core.manifest import read_manifest, validate_manifest
 
+ROOT = Path(__file__).resolve().parents[1]
 SPACING = 3.0
 
 
@@ -115,8 +119,55 @@ def test_config_yaml_round_trip(tmp_path: Path) -> None:
     assert config.aging.gm_loss_per_year == 0.004 and config.scores.ad_cdr_probabilities == {0.5: 0.5, 1.0: 0.5}
     assert SynthConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     path.write_text("aging:\n  gm_loss_per_yr: 0.004\n")
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ConfigError, match="aging.gm_loss_per_yr: unknown key"):
         SynthConfig.from_yaml(path)
+
+
+def test_config_loader_lists_every_problem_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "synth.yaml"
+    path.write_text(
+        "groups:\n  XX: {fraction: 0.1}\n  AD: {fraction: many}\n  PD: 3\n"
+        "aging: {gm_loss_per_yr: 0.004, wm_gain_max: 0.9}\n"
+        "shape: 3\nsplits: {train: 0.5, val: 0.2, test: 0.2}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        SynthConfig.from_yaml(path)
+    expected = [
+        "groups: unknown group name(s) ['XX']; the phantom simulates only ['CN', 'AD', 'PD']",
+        "shape: unknown key in the config; valid keys:",
+        "groups.AD.fraction: must be a number, got 'many'",
+        "groups.PD: must be a section (a mapping of keys), got 3",
+        "aging.gm_loss_per_yr: unknown key in section 'aging'; valid keys:",
+        "splits: fractions sum to 0.9, they must sum to 1",
+        "aging.wm_gain_max = 0.9 is outside the allowed range [0, 0.2]",
+    ]
+    problems = caught.value.problems
+    assert len(problems) == len(expected), problems
+    assert all(problem.startswith(start) for problem, start in zip(problems, expected)), problems
+    assert str(path) in str(caught.value)
+    path.write_text("groups: [CN]\n")
+    with pytest.raises(ConfigError, match="groups: must be a mapping of sections"):
+        SynthConfig.from_yaml(path)
+    path.write_text("aging: {gm_loss_per_year: [0.1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        SynthConfig.from_yaml(path)
+
+
+def test_config_values_take_their_declared_types() -> None:
+    config = SynthConfig.from_dict(
+        {"groups": {"AD": {"age_min": 62}}, "splits": {"train": 1}, "scanner": {"n_sites": 2.0}}
+    )
+    assert config.groups["AD"] == dataclasses.replace(SynthConfig().groups["AD"], age_min=62.0)
+    assert isinstance(config.groups["AD"].age_min, float) and config.splits == {"train": 1.0}
+    assert isinstance(config.splits["train"], float) and config.scanner.n_sites == 2
+    assert isinstance(config.scanner.n_sites, int)
+
+
+def test_the_cohort_package_imports_no_torch() -> None:
+    """Spawned workers import the package for every cohort: it must stay light (no torch)."""
+    code = "import sys, brainage_core.cohorts.synthetic; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert result.stdout.strip() == "False"
 
 
 def test_subject_sampling_is_realistic() -> None:
@@ -138,7 +189,7 @@ def test_subject_sampling_is_realistic() -> None:
     assert np.corrcoef(ad["cdr"], ad["true_gap"])[0, 1] > 0  # gap grows with severity
     men, women = frame[frame["sex"] == "M"], frame[frame["sex"] == "F"]
     assert men["head_scale"].mean() > women["head_scale"].mean()
-    splits = pd.Series(assign_splits(subjects, config, 3))
+    splits = pd.Series(assign_cohort_splits(subjects, config, 3))
     assert splits.value_counts(normalize=True).round(2).to_dict() == {"train": 0.6, "val": 0.2, "test": 0.2}
     for group in ("CN", "AD", "PD"):
         in_group = splits[frame["group"] == group].value_counts(normalize=True)
@@ -210,12 +261,12 @@ def test_interrupted_generation_leaves_no_trusted_manifest(tmp_path: Path, monke
             raise RuntimeError("injected failure")
         return real(model, subject)
 
-    monkeypatch.setattr(synth, "synthesize_subject", failing)
+    monkeypatch.setattr(synth.writer, "synthesize_subject", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
         synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert not (out_dir / "manifest.csv").exists() and not (out_dir / "cohort.json").exists()
     assert not list(out_dir.rglob(".tmp-*"))
-    monkeypatch.setattr(synth, "synthesize_subject", real)
+    monkeypatch.setattr(synth.writer, "synthesize_subject", real)
     manifest = synth.generate_cohort(out_dir, 4, seed=0, spacing=SPACING, progress=False, workers=1)
     assert validate_manifest(manifest) == [] and len(read_manifest(manifest)) == 4
 
