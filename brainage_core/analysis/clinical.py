@@ -10,12 +10,14 @@ out of sample; a group listed in ``train_groups`` contributes its test rows only
 * :func:`gap_by_group`: OLS ``gap ~ C(group, Treatment('CN')) + age + C(sex)``; each patient
   group's difference from CN with its 95% CI and p, Cohen's d, and group summaries.
 * :func:`severity_associations`: within AD (MMSE, CDR) and PD (MDS-UPDRS III, Hoehn & Yahr),
-  partial Spearman correlation of gap and score controlling for age and sex, and the OLS slope
-  of ``gap ~ score + age + C(sex)``; Benjamini-Hochberg FDR over all scores tested.
+  partial Spearman correlation (:mod:`~brainage_core.analysis.correlation`) of gap and score
+  controlling for age and sex, and the OLS slope of ``gap ~ score + age + C(sex)``;
+  Benjamini-Hochberg FDR over all scores tested.
 * :func:`true_gap_recovery`: on the synthetic cohort, how well the predicted gap recovers the
   latent gap the images were generated with.
 
-:func:`clinical_report` runs all of them for a run folder and writes tables and figures.
+:func:`clinical_report` runs all of them for a run folder, writes tables and figures and returns
+them; :func:`accuracy_table` and :func:`clinical_values` condense reports for display.
 """
 
 from __future__ import annotations
@@ -29,20 +31,19 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scipy.stats as st
 import seaborn as sns
-import statsmodels.api as sm
 import statsmodels.formula.api as smf
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from numpy.typing import ArrayLike
 from statsmodels.stats.multitest import multipletests
 
+from brainage_core.analysis.correlation import correlations, partial_spearman
 from brainage_core.analysis.metrics import (
     BIAS_CORRECTION,
     HEALTHY_GROUP,
     controls_from_manifest,
     corrected_predictions,
+    evaluate_run,
 )
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import KNOWN_GROUPS
@@ -53,8 +54,10 @@ __all__ = [
     "MIN_ASSOCIATION_N",
     "SCORE_LABELS",
     "SEVERITY_SCORES",
+    "accuracy_table",
     "analysis_sample",
     "clinical_report",
+    "clinical_values",
     "gap_by_group",
     "partial_spearman",
     "plot_gap_by_group",
@@ -72,20 +75,11 @@ SCORE_LABELS: dict[str, str] = {
     "hoehn_yahr": "Hoehn & Yahr",
 }
 MIN_ASSOCIATION_N = 10  # fewer complete cases: the association is reported with NaN statistics, not tested
+ACCURACY_METRICS = ("mae", "r2", "pearson_r", "spearman_gap_age")  # the rows of accuracy_table, per model
+VALUE_WITH_CI = "{value:.3f} [{ci_low:.3f}, {ci_high:.3f}]"
 GROUP_COLUMNS = ["group", "n", "mean_gap", "sd_gap", "difference", "ci_low", "ci_high", "p", "cohen_d"]
-SEVERITY_COLUMNS = [
-    "group",
-    "score",
-    "n",
-    "partial_spearman",
-    "p",
-    "p_fdr",
-    "ols_slope",
-    "ols_ci_low",
-    "ols_ci_high",
-    "ols_p",
-]
-CORRELATION_KEYS = ("pearson_r", "pearson_p", "spearman_rho", "spearman_p")
+ASSOCIATION_COLUMNS = ["group", "score", "n", "partial_spearman", "p", "p_fdr"]
+SEVERITY_COLUMNS = [*ASSOCIATION_COLUMNS, "ols_slope", "ols_ci_low", "ols_ci_high", "ols_p"]
 GROUP_TERM = f"C(group, Treatment('{HEALTHY_GROUP}'))"
 GAP_LABELS: dict[str, str] = {"gap": "brain-age gap (years)", "gap_corrected": "brain-age gap, bias-corrected (years)"}
 
@@ -172,49 +166,6 @@ def gap_by_group(
     return table
 
 
-def partial_spearman(x: ArrayLike, y: ArrayLike, covariates: ArrayLike | None = None) -> tuple[float, float]:
-    """Spearman correlation of ``x`` and ``y`` controlling for covariates.
-
-    Every variable is rank-transformed; the ranks of ``x`` and ``y`` are regressed on the ranks of
-    the covariates (OLS with intercept) and the residuals correlated (Pearson). The p-value is
-    two-sided from Student's t with ``n - 2 - k`` degrees of freedom, ``k`` the number of
-    covariates; constant covariate columns are dropped first. Without covariates this is
-    :func:`scipy.stats.spearmanr`.
-
-    Args:
-        x: first variable.
-        y: second variable.
-        covariates: array ``[n]`` or ``[n, k]``, numeric (code categories as numbers).
-
-    Returns:
-        ``(rho, p)``.
-
-    Raises:
-        ValueError: unequal lengths, non-finite values, constant ``x`` or ``y``, or too few
-            subjects (``n - 2 - k < 1``).
-    """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = x.size
-    covariates = np.empty((n, 0)) if covariates is None else np.asarray(covariates, dtype=float).reshape(n, -1)
-    if y.shape != x.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be 1-D arrays of equal length; got shapes {x.shape} and {y.shape}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all() and np.isfinite(covariates).all()):
-        raise ValueError("partial_spearman: drop rows with missing values first")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        raise ValueError("partial_spearman: x or y is constant; the correlation is undefined")
-    covariates = covariates[:, np.ptp(covariates, axis=0) > 0]
-    df = n - 2 - covariates.shape[1]
-    if df < 1:
-        raise ValueError(f"partial_spearman: {n} subjects are too few for {covariates.shape[1]} covariate(s)")
-    design = sm.add_constant(st.rankdata(covariates, axis=0), has_constant="add")
-    residual_x = sm.OLS(st.rankdata(x), design).fit().resid
-    residual_y = sm.OLS(st.rankdata(y), design).fit().resid
-    rho = float(st.pearsonr(residual_x, residual_y).statistic)
-    with np.errstate(divide="ignore"):  # |rho| = 1 gives t = inf and p = 0
-        t = rho * np.sqrt(df / (1.0 - rho**2))
-    return rho, float(2 * st.t.sf(abs(t), df))
-
-
 def severity_associations(
     predictions: pd.DataFrame,
     gap_column: str = "gap_corrected",
@@ -265,20 +216,6 @@ def severity_associations(
     return table
 
 
-def _correlations(x: pd.Series, y: pd.Series) -> dict[str, float | None]:
-    """Pearson and Spearman correlations with p-values; ``None`` when n < 3 or a variable is constant."""
-    result: dict[str, float | None] = {"n": len(x), **dict.fromkeys(CORRELATION_KEYS)}
-    if len(x) >= 3 and x.nunique() > 1 and y.nunique() > 1:
-        pearson, spearman = st.pearsonr(x, y), st.spearmanr(x, y)
-        result.update(
-            pearson_r=float(pearson.statistic),
-            pearson_p=float(pearson.pvalue),
-            spearman_rho=float(spearman.statistic),
-            spearman_p=float(spearman.pvalue),
-        )
-    return result
-
-
 def true_gap_recovery(
     predictions: pd.DataFrame, gap_column: str = "gap_corrected", train_groups: Sequence[str] = (HEALTHY_GROUP,)
 ) -> dict[str, Any]:
@@ -299,9 +236,9 @@ def true_gap_recovery(
     sample = analysis_sample(predictions, train_groups)[["group", "true_gap", gap_column]].dropna()
     return {
         "gap_column": gap_column,
-        "overall": _correlations(sample[gap_column], sample["true_gap"]),
+        "overall": correlations(sample[gap_column], sample["true_gap"]),
         "by_group": {
-            group: _correlations(rows[gap_column], rows["true_gap"]) for group, rows in sample.groupby("group")
+            group: correlations(rows[gap_column], rows["true_gap"]) for group, rows in sample.groupby("group")
         },
     }
 
@@ -389,6 +326,7 @@ def clinical_report(
     out_dir: str | os.PathLike[str] | None = None,
     method: str = BIAS_CORRECTION,
     controls_manifest: str | os.PathLike[str] | None = None,
+    n_boot: int | None = None,
 ) -> dict[str, Any]:
     """Run the clinical analyses of a run on its bias-corrected gap and write tables and figures.
 
@@ -396,14 +334,23 @@ def clinical_report(
     ``method`` and ``controls_manifest``. Writes into ``out_dir`` (default ``RUN_DIR/clinical``):
     ``gap_by_group.csv``, ``severity_associations.csv``, ``gap_by_group.png``, one
     ``gap_vs_<score>.png`` per tested score, and ``true_gap_recovery.json`` (corrected and raw
-    gap) when the predictions have ``true_gap``.
+    gap) when the predictions have ``true_gap``. With ``n_boot``, it also runs
+    :func:`~brainage_core.analysis.metrics.evaluate_run` with that many bootstrap resamples (which
+    writes ``RUN_DIR/metrics.json`` and ``RUN_DIR/predictions_corrected.csv``).
 
     Returns:
         ``out_dir``, ``files`` (names written), ``train_groups``, ``bias_correction``,
-        ``formula``, the two tables as records, and ``true_gap_recovery`` (or ``None``).
+        ``formula``, ``predictions`` (the corrected predictions analysed), the tables
+        ``gap_by_group`` and ``severity_associations`` (DataFrames, as written),
+        ``true_gap_recovery`` (``{"gap_corrected": ..., "gap": ...}`` of
+        :func:`true_gap_recovery`, or ``None``) and ``evaluation`` (the report of ``evaluate_run``
+        with ``n_boot``, else ``None``; :func:`accuracy_table` formats it).
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / "clinical" if out_dir is None else Path(out_dir)
+    evaluation = None
+    if n_boot is not None:
+        evaluation = evaluate_run(run_dir, controls_manifest=controls_manifest, method=method, n_boot=n_boot)
     predictions = read_predictions(run_dir)
     fit_mask = None if controls_manifest is None else controls_from_manifest(predictions, controls_manifest)
     corrected = corrected_predictions(predictions, method=method, fit_mask=fit_mask)
@@ -435,7 +382,63 @@ def clinical_report(
         "train_groups": list(train_groups),
         "bias_correction": asdict(corrected.attrs["bias_correction"]),
         "formula": groups.attrs["formula"],
-        "gap_by_group": groups.to_dict("records"),
-        "severity_associations": severity.to_dict("records"),
+        "predictions": corrected,
+        "gap_by_group": groups,
+        "severity_associations": severity,
         "true_gap_recovery": recovery,
+        "evaluation": evaluation,
     }
+
+
+def accuracy_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Accuracy of several models, raw and bias-corrected, as "value [CI low, CI high]" strings.
+
+    Args:
+        evaluations: model name -> report of :func:`~brainage_core.analysis.metrics.evaluate_run`.
+
+    Returns:
+        Index ``(model, metric)`` (sorted; metrics ``mae``, ``pearson_r``, ``r2``,
+        ``spearman_gap_age``), columns ``corrected`` and ``raw``; values to 3 decimals.
+    """
+    rows = [
+        {"model": name, "stage": stage, "metric": metric, "value": VALUE_WITH_CI.format(**report[stage][metric])}
+        for name, report in evaluations.items()
+        for stage in ("raw", "corrected")
+        for metric in ACCURACY_METRICS
+    ]
+    return pd.DataFrame(rows).pivot(index=["model", "metric"], columns="stage", values="value")
+
+
+def clinical_values(reports: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, Any]:
+    """The numbers the clinical chapter quotes, from :func:`clinical_report` of several models.
+
+    Args:
+        reports: model name -> :func:`clinical_report` (with ``n_boot`` for the accuracy numbers).
+        reference: the model whose correction size and severity associations are quoted.
+
+    Returns:
+        Per model ``<name>``: ``mae_raw_<name>``, ``gapage_raw_<name>``, ``gapage_corr_<name>``
+        (raw MAE; gap-age Spearman raw and corrected; with an evaluation), for each patient group
+        ``<group>_gap_<name>``, ``<group>_lo_<name>``, ``<group>_hi_<name>``, ``<group>_d_<name>``
+        (adjusted difference from CN, its 95% CI, Cohen's d) and ``truegap_r_<name>`` (Pearson r
+        of the corrected and the true gap, when known); for ``reference``: ``n_correction`` and
+        per severity score ``rho_<group>_<score>`` and ``pfdr_<group>_<score>``.
+    """
+    values: dict[str, Any] = {}
+    for name, report in reports.items():
+        if report["evaluation"] is not None:
+            raw, corrected = report["evaluation"]["raw"], report["evaluation"]["corrected"]
+            values[f"mae_raw_{name}"] = raw["mae"]["value"]
+            values[f"gapage_raw_{name}"] = raw["spearman_gap_age"]["value"]
+            values[f"gapage_corr_{name}"] = corrected["spearman_gap_age"]["value"]
+        for row in report["gap_by_group"].itertuples():
+            if row.group != HEALTHY_GROUP:
+                for key, column in (("gap", "difference"), ("lo", "ci_low"), ("hi", "ci_high"), ("d", "cohen_d")):
+                    values[f"{row.group}_{key}_{name}"] = float(getattr(row, column))
+        if report["true_gap_recovery"] is not None:
+            values[f"truegap_r_{name}"] = report["true_gap_recovery"]["gap_corrected"]["overall"]["pearson_r"]
+    values["n_correction"] = reports[reference]["bias_correction"]["n"]
+    for row in reports[reference]["severity_associations"].itertuples():
+        values[f"rho_{row.group}_{row.score}"] = float(row.partial_spearman)
+        values[f"pfdr_{row.group}_{row.score}"] = float(row.p_fdr)
+    return values

@@ -20,20 +20,27 @@ from sklearn.decomposition import PCA
 
 from brainage_core.analysis.metrics import mae_by_age_band, prediction_consistency, regression_metrics
 from brainage_core.data import VolumeDataset, load_manifest_volumes
+from brainage_core.fileio import atomic_path
 from brainage_core.inference import extract_features, predict_ages
 from brainage_core.manifest import read_manifest
+from brainage_core.ownership import claim
 from brainage_core.rundir import load_model, read_history, read_predictions
 
 __all__ = [
     "analyse_features",
     "collect_runs",
+    "comparison_values",
     "describe_comparison",
     "errors_by_age_band",
     "feature_continuity",
+    "format_summary",
     "healthy_test_rows",
     "mean_predictor_verdict",
     "paired_tests",
+    "robustness_table",
+    "robustness_values",
     "summarise_methods",
+    "write_tables",
 ]
 
 
@@ -90,6 +97,24 @@ def summarise_methods(runs: pd.DataFrame, metrics: tuple[str, ...] = ("mae", "r2
     if "mean_predictor_mae" in runs:
         grouped["beats_mean_predictor"] = (runs["mae"] < runs["mean_predictor_mae"]).groupby(runs["method"]).sum()
     return grouped.sort_values("mae_mean")
+
+
+def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
+    """The table of :func:`summarise_methods` for display: "mean ± SD" strings, one row per method.
+
+    Returns:
+        Columns ``MAE`` and ``R2``/``r`` ("mean ± SD" over seeds, 2 and 3 decimals; the SD of a
+        single seed shows as 0), ``n_seeds`` and ``runs_beating_mean_predictor`` ("k / n").
+    """
+
+    def mean_sd(metric: str, decimals: int) -> pd.Series:
+        style = f"{{:.{decimals}f}}".format
+        return summary[f"{metric}_mean"].map(style) + " ± " + summary[f"{metric}_std"].fillna(0).map(style)
+
+    beating = summary["beats_mean_predictor"].astype(int).astype(str) + " / " + summary["n_seeds"].astype(str)
+    return summary.assign(
+        MAE=mean_sd("mae", 2), R2=mean_sd("r2", 3), r=mean_sd("pearson_r", 3), runs_beating_mean_predictor=beating
+    )[["MAE", "R2", "r", "n_seeds", "runs_beating_mean_predictor"]]
 
 
 def mean_predictor_verdict(runs: pd.DataFrame) -> str:
@@ -181,6 +206,39 @@ def describe_comparison(tests: pd.DataFrame, reference: str, method: str, alpha:
     )
 
 
+def comparison_values(
+    runs: pd.DataFrame, summary: pd.DataFrame, tests: pd.DataFrame, reference: str, n_seeds: int
+) -> dict[str, object]:
+    """The accuracy numbers and sentences the ablation chapter quotes.
+
+    Args:
+        runs: the table of :func:`collect_runs`.
+        summary: :func:`summarise_methods` of ``runs``.
+        tests: :func:`paired_tests` of ``runs`` against ``reference``.
+        reference: the method the others were tested against.
+        n_seeds: seeds per method.
+
+    Returns:
+        ``mean_predictor`` (:func:`mean_predictor_verdict`), ``reference_mae`` (mean test MAE of
+        the reference), ``best_method`` (upper-case name of the lowest mean MAE), ``n_seeds``,
+        ``n_test`` (most test subjects in a paired test; 0 without tests), ``verdicts`` (one
+        Markdown bullet of :func:`describe_comparison` per tested method) and, when MSE ran and
+        is not the reference, ``mse_mae`` and ``verdict_mse``.
+    """
+    values: dict[str, object] = {
+        "mean_predictor": mean_predictor_verdict(runs),
+        "reference_mae": float(summary.loc[reference, "mae_mean"]),
+        "best_method": summary.index[0].upper(),
+        "n_seeds": n_seeds,
+        "n_test": int(tests["n_subjects"].max()) if len(tests) else 0,
+    }
+    if "mse" in set(runs["method"]) and reference != "mse":
+        values["mse_mae"] = float(summary.loc["mse", "mae_mean"])
+        values["verdict_mse"] = describe_comparison(tests, reference, "mse")
+    values["verdicts"] = "\n".join(f"- {describe_comparison(tests, reference, m)}" for m in tests["method"])
+    return values
+
+
 def errors_by_age_band(
     errors: pd.DataFrame, edges: tuple[float, ...] = (0, 30, 40, 50, 60, 70, 80, math.inf)
 ) -> pd.DataFrame:
@@ -247,3 +305,55 @@ def analyse_features(
         "continuity": feature_continuity(features, ages),
         "consistency": prediction_consistency(augmented),
     }
+
+
+def robustness_table(analyses: Mapping[str, dict]) -> pd.DataFrame:
+    """Feature continuity and augmentation consistency, one row per method.
+
+    Args:
+        analyses: method -> :func:`analyse_features` of one of its runs.
+
+    Returns:
+        Columns ``continuity``, ``TTA SD mean (years)`` and ``TTA SD max (years)``.
+    """
+    return pd.DataFrame(
+        {
+            "continuity": {method: analysis["continuity"] for method, analysis in analyses.items()},
+            "TTA SD mean (years)": {method: a["consistency"]["mean_sd"] for method, a in analyses.items()},
+            "TTA SD max (years)": {method: a["consistency"]["max_sd"] for method, a in analyses.items()},
+        }
+    )
+
+
+def robustness_values(robustness: pd.DataFrame, reference: str) -> dict[str, object]:
+    """The feature-space numbers the ablation chapter quotes, from :func:`robustness_table`.
+
+    Returns:
+        ``continuity_rnc``: the continuity of ``reference`` (RNC in the book);
+        ``continuity_best``: the upper-case name of the most continuous method.
+    """
+    return {
+        "continuity_rnc": float(robustness.loc[reference, "continuity"]),
+        "continuity_best": robustness["continuity"].idxmax().upper(),
+    }
+
+
+def write_tables(
+    out_dir: str | os.PathLike[str], runs: pd.DataFrame, tests: pd.DataFrame, robustness: pd.DataFrame
+) -> list[Path]:
+    """Write the ablation's tables as CSV into ``out_dir`` (created if missing), atomically.
+
+    Files: ``runs.csv`` (:func:`collect_runs`), ``paired_tests.csv`` (:func:`paired_tests`) and
+    ``robustness.csv`` (:func:`robustness_table`, methods as the index column); all recorded as
+    the project's (:func:`~brainage_core.ownership.claim`).
+
+    Returns:
+        The paths written.
+    """
+    out_dir = Path(out_dir)
+    tables = {"runs.csv": (runs, False), "paired_tests.csv": (tests, False), "robustness.csv": (robustness, True)}
+    claim(out_dir, list(tables))
+    for name, (table, index) in tables.items():
+        with atomic_path(out_dir / name, suffix=".csv") as temp:
+            table.to_csv(temp, index=index)
+    return [out_dir / name for name in tables]

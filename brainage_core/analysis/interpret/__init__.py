@@ -13,6 +13,9 @@ The package has one module per idea; every public name is re-exported here, so
   :func:`plot_map_on_template`.
 * :mod:`~brainage_core.analysis.interpret.explain`: :func:`explain_run` for a trained run
   directory (NIfTI maps, group averages, figures and ``saliency_scores.json``).
+* :mod:`~brainage_core.analysis.interpret.tables`: :func:`ground_truth_table`,
+  :func:`randomization_table` and :func:`saliency_values` of several models' ``explain_run``
+  results.
 """
 
 from __future__ import annotations
@@ -38,21 +41,25 @@ from brainage_core.analysis.interpret.scoring import (
     region_summary,
     saliency_in_ground_truth,
 )
+from brainage_core.analysis.interpret.tables import ground_truth_table, randomization_table, saliency_values
 
 __all__ = [
     "DEFAULT_LAYER",
     "GradRAM",
     "age_band_labels",
     "explain_run",
+    "ground_truth_table",
     "group_average_maps",
     "load_on_grid",
     "map_similarity",
     "max_abs_normalizer",
     "plot_map_on_template",
     "randomization_check",
+    "randomization_table",
     "randomized_copy",
     "region_summary",
     "saliency_in_ground_truth",
     "saliency_maps",
+    "saliency_values",
     "save_map_nifti",
 ]
