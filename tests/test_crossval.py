@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
 from brainage_core.analysis.crossval import (
     baseline_cv_predictions,
+    cross_validate,
     cv_runs,
     cv_summary,
     out_of_fold_predictions,
     region_volumes,
 )
-from brainage_core.config import load_config
+from brainage_core.config import RunConfig, load_config
 from tests.conftest import write_nifti, write_tiny_cohort
 
 
@@ -71,3 +74,61 @@ def test_cv_runs_give_out_of_fold_predictions(tmp_path: Path) -> None:
     )
     merged = predictions.merge(frame[["subject_id", "fold"]], on="subject_id", suffixes=("", "_manifest"))
     assert (merged["fold"] == merged["fold_manifest"]).all()
+
+
+def with_region_labels(manifest: Path) -> Path:
+    """Add a ``labels`` column: per subject, label 1 where the phantom is dark (its 'ventricles'), 2 elsewhere."""
+    frame = pd.read_csv(manifest)
+    labels = []
+    for image in frame["image"]:
+        scan = nib.load(manifest.parent / image)
+        data = np.asarray(scan.dataobj)
+        regions = np.where(data > 50, 2, np.where(data > 0, 1, 0)).astype(np.int16)
+        labels.append(write_nifti(manifest.parent / "labels" / Path(image).name, regions, scan.affine).name)
+    frame["labels"] = [f"labels/{name}" for name in labels]
+    frame.to_csv(manifest, index=False)
+    return manifest
+
+
+def tiny_config(manifest: Path, tmp_path: Path) -> RunConfig:
+    return load_config(
+        None,
+        [
+            f"data.manifest={manifest}",
+            "data.shape=[16, 16, 16]",
+            "model.width=0.125",
+            "train.epochs=1",
+            "train.batch_size=6",
+            "device=cpu",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.train_groups=[CN, AD]",
+        ],
+    )
+
+
+def test_cross_validate_compares_every_method_on_the_same_folds_and_writes_the_tables(tmp_path: Path) -> None:
+    manifest = with_region_labels(write_tiny_cohort(tmp_path / "cohort", n_subjects=30))
+    cv = cross_validate(tiny_config(manifest, tmp_path), ["mse"], tmp_path / "runs", tmp_path / "out", n_boot=50)
+    assert sorted(cv.runs) == [("mse", 0), ("mse", 1), ("mse", 2)]
+    frame = pd.read_csv(manifest)
+    folds = frame.set_index("subject_id")["fold"]
+    for method in ("mse", "ridge_regions", "mean"):
+        rows = cv.predictions[cv.predictions["method"] == method].set_index("subject_id")
+        assert sorted(rows.index) == sorted(frame["subject_id"]), method
+        assert (rows["fold"] == folds.loc[rows.index]).all(), method
+    assert set(cv.table["method"]) == {"mse", "ridge_regions", "mean"}
+    assert cv.mae("ridge_regions") < cv.mae("mean"), "the region volumes carry the age signal"
+    assert cv.best_method == cv.table.iloc[0]["method"] and math.isnan(cv.mae("rnc"))
+    row = cv.table.set_index("method").loc["mean"]
+    assert cv.mae_with_ci("mean") == f"{row.mae:.2f} (95% CI {row.mae_ci_low:.2f}-{row.mae_ci_high:.2f})"
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "cv_table.csv"), cv.table)
+    written = pd.read_csv(tmp_path / "out" / "cv_predictions.csv")
+    assert len(written) == len(cv.predictions) == 90
+    assert written["predicted_age"].to_numpy() == pytest.approx(cv.predictions["predicted_age"].to_numpy())
+
+
+def test_cross_validate_without_region_labels_names_the_manifest(tmp_path: Path) -> None:
+    manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=6)
+    with pytest.raises(ValueError, match=r"manifest\.csv.*'labels' column"):
+        cross_validate(tiny_config(manifest, tmp_path), ["mse"], tmp_path / "runs", tmp_path / "out")
+    assert not (tmp_path / "runs").exists(), "nothing is trained before the check"

@@ -4,14 +4,17 @@ Every method is evaluated on out-of-fold predictions: for fold ``k`` a model is 
 other folds and predicts fold ``k``. The deep models use the manifest's ``fold`` column through
 ``data.test_fold`` (fold ``k`` test, fold ``k + 1`` validation, the rest training); the ridge
 baseline on region volumes and the mean predictor are fitted on the same training subjects
-(training and validation folds) and predict the same test fold.
+(training and validation folds) and predict the same test fold. :func:`cross_validate` runs the
+whole comparison and writes its tables.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,20 @@ from sklearn.preprocessing import StandardScaler
 
 from brainage_core.analysis.metrics import N_BOOT, metrics_with_ci
 from brainage_core.config import RunConfig
+from brainage_core.fileio import atomic_path
 from brainage_core.manifest import read_manifest
 from brainage_core.rundir import read_predictions
 from brainage_core.train import ensure_run
 
-__all__ = ["baseline_cv_predictions", "cv_runs", "cv_summary", "out_of_fold_predictions", "region_volumes"]
+__all__ = [
+    "CrossValidation",
+    "baseline_cv_predictions",
+    "cross_validate",
+    "cv_runs",
+    "cv_summary",
+    "out_of_fold_predictions",
+    "region_volumes",
+]
 
 
 def cv_runs(
@@ -61,7 +73,7 @@ def cv_runs(
     return runs
 
 
-def out_of_fold_predictions(runs: dict[tuple[str, int], str | os.PathLike[str]]) -> pd.DataFrame:
+def out_of_fold_predictions(runs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> pd.DataFrame:
     """The test-fold rows of each run, stacked: one prediction per (method, subject).
 
     Returns:
@@ -163,3 +175,84 @@ def cv_summary(predictions: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -
             row[f"{name}_ci_high"] = values["ci_high"]
         rows.append(row)
     return pd.DataFrame(rows).sort_values("mae").reset_index(drop=True)
+
+
+@dataclass
+class CrossValidation:
+    """The result of :func:`cross_validate`.
+
+    Attributes:
+        runs: ``{(loss, fold): run_dir}`` of the deep models.
+        predictions: out-of-fold predictions of every method (columns ``method``, ``fold``,
+            ``subject_id``, ``age``, ``predicted_age``).
+        table: :func:`cv_summary` of ``predictions``, lowest MAE first.
+    """
+
+    runs: dict[tuple[str, int], Path]
+    predictions: pd.DataFrame
+    table: pd.DataFrame
+
+    @property
+    def best_method(self) -> str:
+        """The method with the lowest cross-validated MAE."""
+        return str(self.table.iloc[0]["method"])
+
+    def mae(self, method: str) -> float:
+        """Cross-validated MAE of ``method``; NaN when it was not compared."""
+        rows = self.table[self.table["method"] == method]
+        return float(rows["mae"].iloc[0]) if len(rows) else math.nan
+
+    def mae_with_ci(self, method: str) -> str:
+        """``"MAE (95% CI low-high)"`` of ``method``, in years with two decimals."""
+        row = self.table[self.table["method"] == method].iloc[0]
+        return f"{row['mae']:.2f} (95% CI {row['mae_ci_low']:.2f}-{row['mae_ci_high']:.2f})"
+
+
+def cross_validate(
+    config: RunConfig,
+    losses: Sequence[str],
+    runs_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    n_boot: int = N_BOOT,
+    progress: bool = False,
+) -> CrossValidation:
+    """Deep models and classical baselines on the same folds, summarised and written to ``out_dir``.
+
+    The deep models (:func:`cv_runs`, one per loss and fold, trained only where missing) give
+    their out-of-fold predictions; ridge regression on the region volumes of each subject's label
+    image (:func:`region_volumes`) and the mean predictor are fitted on the same folds
+    (:func:`baseline_cv_predictions`). Writes ``cv_table.csv`` (:func:`cv_summary`) and
+    ``cv_predictions.csv`` into ``out_dir``.
+
+    Args:
+        config: the run settings; ``data.manifest`` needs ``fold`` and ``labels`` columns.
+        losses: deep losses to compare.
+        runs_root: folder of the run directories.
+        out_dir: where the two tables are written (created).
+        n_boot: bootstrap resamples for the confidence intervals.
+        progress: show progress bars.
+
+    Returns:
+        The runs, the out-of-fold predictions and the summary table.
+
+    Raises:
+        ValueError: the manifest has no ``labels`` column (the ridge baseline needs region labels).
+    """
+    frame = read_manifest(config.data.manifest, check_images="none")
+    if "labels" not in frame.columns:
+        raise ValueError(
+            f"{config.data.manifest}: the ridge baseline needs a 'labels' column of region label images "
+            "(import IXI with its seg/ folder)"
+        )
+    runs = cv_runs(config, losses, runs_root, progress=progress)
+    deep = out_of_fold_predictions(runs)
+    volumes = region_volumes(list(frame["labels"]), frame["subject_id"])
+    indexed = frame.set_index("subject_id")
+    classical = baseline_cv_predictions(volumes, indexed.loc[volumes.index, "age"], indexed.loc[volumes.index, "fold"])
+    predictions = pd.concat([deep, classical], ignore_index=True)
+    table = cv_summary(predictions, n_boot=n_boot)
+    out = Path(out_dir)
+    for name, written in (("cv_table.csv", table), ("cv_predictions.csv", predictions)):
+        with atomic_path(out / name, suffix=".csv") as temp:
+            written.to_csv(temp, index=False)
+    return CrossValidation(runs=runs, predictions=predictions, table=table)

@@ -7,6 +7,9 @@ parameter into a validated :class:`~brainage_core.config.RunConfig` with
 :func:`chapter_config` (the cohort is generated or reused on the way), and gets its models with
 :func:`ensure_runs`, which trains only what is missing or was made with other settings.
 
+The real-data chapter imports an IXI folder with :func:`import_ixi_folder`, which finds the
+demographics and the DLMUSE label folder, and picks its QC examples with :func:`qc_example_figures`.
+
 Settings have one source: the defaults of :mod:`brainage_core.config`, overridden by dotted
 ``section.key=value`` strings: a profile's ``overrides`` in ``book/runs.yml`` (the ``smoke``
 profile's are what smoke mode applies), then the notebook's own ``overrides`` parameter.
@@ -18,8 +21,11 @@ import copy
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pandas as pd
 import yaml
 
 from brainage_core.config import (
@@ -31,12 +37,21 @@ from brainage_core.config import (
 )
 from brainage_core.manifest import read_manifest
 
+if TYPE_CHECKING:
+    from brainage_core.cohorts.ixi import ImportReport
+
 __all__ = [
     "RUNS_FILE",
+    "IxiImport",
     "chapter_config",
     "ensure_cohort",
     "ensure_runs",
+    "import_ixi_folder",
+    "ixi_demographics",
+    "left_out_summary",
     "profile_overrides",
+    "qc_example_figures",
+    "qc_table",
     "run_folder",
     "smoke_mode",
     "smoke_paths",
@@ -177,3 +192,93 @@ def ensure_runs(
         for loss in losses
         for seed in seeds
     }
+
+
+@dataclass
+class IxiImport:
+    """An imported IXI folder (see :func:`import_ixi_folder`).
+
+    Attributes:
+        report: what the import did and every scan it left out.
+        manifest: the manifest written (a path as the report gives it).
+        frame: the manifest, read (absolute paths, typed columns).
+        qc: ``qc.csv``: one row of QC numbers per processed scan, passed or not.
+        import_dir: the import folder; QC figures are ``qc/<subject_id>.png`` in it.
+    """
+
+    report: ImportReport
+    manifest: Path
+    frame: pd.DataFrame
+    qc: pd.DataFrame
+    import_dir: Path
+
+
+def ixi_demographics(ixi_dir: str | os.PathLike[str]) -> Path:
+    """The demographics table of an IXI folder: ``participants.csv`` if present, else ``IXI.xls``."""
+    participants = Path(ixi_dir) / "participants.csv"
+    return participants if participants.is_file() else Path(ixi_dir) / "IXI.xls"
+
+
+def import_ixi_folder(
+    ixi_dir: str | os.PathLike[str],
+    import_dir: str | os.PathLike[str],
+    max_subjects: int | None = None,
+    progress: bool = False,
+) -> IxiImport:
+    """Import an IXI folder (``t1/``, optional ``seg/``, demographics) into ``import_dir``.
+
+    Runs :func:`~brainage_core.cohorts.ixi.import_ixi` on ``ixi_dir/t1`` with the demographics of
+    :func:`ixi_demographics` and, when ``ixi_dir/seg`` exists, its DLMUSE label images as brain
+    masks. Finished subjects are reused.
+
+    Args:
+        ixi_dir: the IXI folder.
+        import_dir: the import's output folder (a cache, reused).
+        max_subjects: import only the first N subjects; ``None``: all.
+        progress: show a progress bar.
+
+    Raises:
+        FileNotFoundError: ``ixi_dir`` has no ``t1/`` folder (the message names the folder).
+    """
+    from brainage_core.cohorts.ixi import import_ixi
+
+    ixi = Path(ixi_dir)
+    if not (ixi / "t1").is_dir():
+        raise FileNotFoundError(
+            f"IXI scans not found in {ixi.resolve()}: set the ixi_dir parameter to a folder with t1/, seg/ and "
+            "participants.csv"
+        )
+    mask_dir = ixi / "seg" if (ixi / "seg").is_dir() else None
+    report = import_ixi(
+        ixi / "t1", ixi_demographics(ixi), import_dir, mask_dir=mask_dir, progress=progress, max_subjects=max_subjects
+    )
+    manifest = Path(report.manifest)
+    return IxiImport(
+        report=report,
+        manifest=manifest,
+        frame=read_manifest(manifest, check_images="none"),
+        qc=pd.read_csv(Path(import_dir) / "qc.csv"),
+        import_dir=Path(import_dir),
+    )
+
+
+def left_out_summary(report: ImportReport) -> str:
+    """How many scans the import left out and why, e.g. ``"2 missing age, 1 qc failed"``; ``"none"``."""
+    counts = [f"{len(entries)} {name.replace('_', ' ')}" for name, entries in report.problems().items()]
+    return ", ".join(counts) or "none"
+
+
+def qc_table(qc: pd.DataFrame) -> pd.DataFrame:
+    """Count, mean, minimum and maximum of the QC correlation, Dice and brain volume (3 decimals)."""
+    return qc.describe().loc[["count", "mean", "min", "max"], ["correlation", "dice", "brain_volume_ml"]].round(3)
+
+
+def qc_example_figures(imported: IxiImport) -> list[Path]:
+    """The QC figures of the youngest and the oldest imported subject and of the lowest Dice."""
+    frame, qc = imported.frame, imported.qc
+    picks = [
+        frame.loc[frame["age"].idxmin(), "subject_id"],
+        frame.loc[frame["age"].idxmax(), "subject_id"],
+        qc.loc[qc["dice"].idxmin(), "subject_id"],
+    ]
+    return [imported.import_dir / "qc" / f"{subject}.png" for subject in picks]

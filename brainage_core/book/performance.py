@@ -1,0 +1,139 @@
+"""The performance chapter's numbers: ``brainage bench`` results and the book's run times.
+
+The chapter shows the results of :func:`~brainage_core.bench.run_benchmarks` (measured now or
+read from a ``brainage bench --out`` file) as tables, and the wall time of every run of a batch
+run of the book from the run records in its ``keys`` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from brainage_core.config import RunConfig, load_config
+
+__all__ = [
+    "augmentation_table",
+    "bench_config",
+    "benchmark_results",
+    "largest_loop_batch",
+    "loss_timings",
+    "machine_summary",
+    "pipeline_costs",
+    "run_times",
+    "throughput_table",
+]
+
+
+def bench_config(
+    spacing: float,
+    shape: Sequence[int],
+    arch: str,
+    width: float,
+    batch_size: int,
+    device: str,
+    num_workers: int,
+) -> RunConfig:
+    """The training configuration to benchmark: the defaults with these settings."""
+    return load_config(
+        None,
+        [
+            f"data.spacing={spacing}",
+            f"data.shape={list(shape)}",
+            f"model.arch={arch}",
+            f"model.width={width}",
+            f"train.batch_size={batch_size}",
+            f"device={device}",
+            f"num_workers={num_workers}",
+        ],
+    )
+
+
+def benchmark_results(
+    bench_json: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: RunConfig,
+    quick: bool = False,
+    loop_max_batch: int = 512,
+) -> dict[str, Any]:
+    """The results of ``brainage bench``: read from ``bench_json``, or (empty) measured now into ``out``.
+
+    Args:
+        bench_json: a results file of ``brainage bench --out FILE``; empty: run the benchmarks.
+        out: where new measurements are written.
+        config: the training configuration to measure (see :func:`bench_config`).
+        quick: smaller sizes and fewer repeats.
+        loop_max_batch: largest batch at which the loop formulation of RNC is timed.
+    """
+    if str(bench_json):
+        return json.loads(Path(bench_json).read_text())
+    from brainage_core.bench import run_benchmarks
+
+    return run_benchmarks(Path(out), config=config, quick=quick, loop_max_batch=loop_max_batch)
+
+
+def machine_summary(machine: dict[str, Any]) -> str:
+    """One line naming the CPU, its cores and torch threads, and the GPU (or "no GPU")."""
+    gpu = f", {machine['gpu']}" if "gpu" in machine else ", no GPU"
+    return f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['torch_threads']} torch threads){gpu}"
+
+
+def loss_timings(results: dict[str, Any]) -> pd.DataFrame:
+    """One row per batch size: ``fast_s`` and ``loop_s`` (seconds) and ``speedup`` (NaN where untimed)."""
+    return pd.DataFrame(results["rnc_loss"])
+
+
+def largest_loop_batch(timings: pd.DataFrame) -> int:
+    """The largest batch size at which the loop formulation was timed (where the speed-up is measured)."""
+    return int(timings.dropna(subset=["speedup"])["batch_size"].max())
+
+
+def throughput_table(results: dict[str, Any]) -> pd.DataFrame:
+    """Training throughput per loss: through the data pipeline, model only, and the pipeline's overhead."""
+    return pd.DataFrame(results["training_throughput"])
+
+
+def augmentation_table(results: dict[str, Any]) -> pd.Series:
+    """Milliseconds per view of each augmentation transform and of the whole chain (``total``)."""
+    return pd.DataFrame(results["augmentation_ms_per_view"]).set_index("transform")["ms_per_view"]
+
+
+def pipeline_costs(results: dict[str, Any]) -> dict[str, float]:
+    """Where a training step's time goes, per view, in milliseconds.
+
+    Returns:
+        ``model_ms`` (RNC's model-only step per view), ``aug_ms`` (the augmentation chain),
+        ``affine_ms`` (its ``RandAffine``; NaN without one) and ``aug_budget_ms``: the most
+        augmentation time ``a`` that keeps the pipeline's overhead ``a / (a + m)`` at or under
+        10 % when augmentation and model ``m`` share the same cores, i.e. ``a <= m / 9``.
+    """
+    rnc = throughput_table(results).set_index("loss").loc["rnc"]
+    model_ms = 1000 / (rnc["model_only_samples_per_s"] * rnc["n_views"])
+    augmentation = augmentation_table(results)
+    return {
+        "model_ms": float(model_ms),
+        "aug_ms": float(augmentation["total"]),
+        "affine_ms": float(augmentation.get("RandAffine", math.nan)),
+        "aug_budget_ms": float(model_ms / 9),
+    }
+
+
+def run_times(keys_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, float]:
+    """Wall time of every run of a batch run of the book, from its run records ``keys_dir/*.json``.
+
+    Returns:
+        The runs (``run``, ``minutes``), longest first, and their total in minutes (NaN when
+        ``keys_dir`` is empty or holds no records).
+    """
+    records = sorted(Path(keys_dir).glob("*.json")) if str(keys_dir) else []
+    if not records:
+        return pd.DataFrame(columns=["run", "minutes"]), math.nan
+    times = pd.DataFrame([{"run": p.stem, "minutes": json.loads(p.read_text())["seconds"] / 60} for p in records])
+    total = float(times["minutes"].sum())
+    return times.sort_values("minutes", ascending=False).reset_index(drop=True), total
