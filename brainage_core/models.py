@@ -59,6 +59,9 @@ class BrainAgeModel(nn.Module):
         ``[B, P]``; ``forward(x)``: predicted age in years ``[B]``.
     """
 
+    age_mean: torch.Tensor  # registered buffer, scalar: mean training age in years
+    age_std: torch.Tensor  # registered buffer, scalar: standard deviation of training ages (>= 1)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
