@@ -1,5 +1,6 @@
 # brainage: two commands do all setup on a fresh machine (Python 3.11 + pip, no conda):
-#   make test   create .venv, install pinned dependencies, run the test suite
+#   make test   create .venv, install pinned dependencies, lint (ruff), type-check (mypy), run the test suite
+#   (make test-fast: the same checks, then only the tests not marked slow)
 #   make book   same setup, then build the default cohort, run the notebooks, render the book
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,10 +16,10 @@ export BRAINAGE_CACHE ?= $(CURDIR)/cache
 PROFILE ?= default
 JOBS ?= 1
 
-.PHONY: help setup test book bench lock clean
+.PHONY: help setup lint test test-fast book bench lock clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +30,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 setup: $(STAMP)  ## create .venv and install the pinned dependencies
 
-test: $(STAMP)  ## run the whole test suite
+lint: $(STAMP)  ## ruff lint and format checks, mypy on brainage_core
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy brainage_core
+
+test: lint  ## lint, then run the whole test suite (notebooks included)
 	$(PY) -m pytest
+
+test-fast: lint  ## lint, then the tests not marked slow (minutes, not the notebooks)
+	$(PY) -m pytest -m "not slow"
 
 book: $(STAMP)  ## build the default cohort, run the book's notebooks (PROFILE=default) and render it
 	$(BRAINAGE) book run --profile $(PROFILE) --jobs $(JOBS)

@@ -60,7 +60,7 @@ class DataConfig:
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(
-            spacing=self.spacing, shape=tuple(self.shape), use_mask=self.use_mask, crop_foreground=self.crop_foreground
+            spacing=self.spacing, shape=self.shape, use_mask=self.use_mask, crop_foreground=self.crop_foreground
         )
 
 

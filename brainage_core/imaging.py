@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -154,7 +155,8 @@ def load_volume(path: str | os.PathLike[str]) -> MetaTensor:
         raise ImageReadError(f"{path}: expected a single 3-D volume, got array shape {tuple(volume.shape)}")
     if not torch.isfinite(volume).all():
         raise ImageReadError(f"{path}: contains NaN or infinite intensities")
-    return Orientation(axcodes="RAS", labels=None)(volume)
+    # MONAI annotates its transforms as returning Tensor; given a MetaTensor they return one.
+    return cast(MetaTensor, Orientation(axcodes="RAS", labels=None)(volume))
 
 
 def robust_normalise(volume: torch.Tensor, foreground: torch.Tensor, percentiles: tuple[float, float]) -> torch.Tensor:
@@ -203,22 +205,23 @@ def preprocess(
             :mod:`brainage_core.scan_checks`), is constant, or its mask is empty or on another grid.
     """
     pixdim = (config.spacing,) * 3
-    use_mask = mask_path is not None and config.use_mask
-    problems = scan_problems(image_path, mask_path if use_mask else None, read_data=False, spacing=config.spacing)
+    used_mask_path = mask_path if config.use_mask else None
+    problems = scan_problems(image_path, used_mask_path, read_data=False, spacing=config.spacing)
     if problems:
         raise ImageReadError("\n".join(problems))
     raw = load_volume(image_path)
     problems = value_problems(image_path, raw.numpy())
     if problems:
         raise ImageReadError("\n".join(problems))
-    image = Spacing(pixdim=pixdim, mode="bilinear", padding_mode="zeros")(raw)
-    if use_mask:
-        mask = Spacing(pixdim=pixdim, mode="nearest", padding_mode="zeros")(load_volume(mask_path))
-        problems = value_problems(mask_path, (mask > 0.5).numpy(), is_mask=True)
+    # MONAI annotates its transforms as returning Tensor; given a MetaTensor they return one.
+    image = cast(MetaTensor, Spacing(pixdim=pixdim, mode="bilinear", padding_mode="zeros")(raw))
+    if used_mask_path is not None:
+        mask = Spacing(pixdim=pixdim, mode="nearest", padding_mode="zeros")(load_volume(used_mask_path))
+        problems = value_problems(used_mask_path, (mask > 0.5).numpy(), is_mask=True)
         if problems:
             raise ImageReadError("\n".join(problems))
         foreground = mask > 0.5
-        image = image * foreground
+        image = cast(MetaTensor, image * foreground)
     else:
         foreground = image > 0
         if not bool(foreground.any()):
@@ -228,9 +231,9 @@ def preprocess(
     if config.crop_foreground:
         start, end = generate_spatial_bounding_box(foreground, select_fn=lambda x: x > 0)
         crop = SpatialCrop(roi_start=start, roi_end=end)
-        image, foreground = crop(image), crop(foreground)
-    image.array = robust_normalise(image.as_tensor(), foreground.as_tensor(), config.percentiles)
-    return ResizeWithPadOrCrop(spatial_size=config.shape)(image)
+        image, foreground = cast(MetaTensor, crop(image)), crop(foreground)
+    image.array = robust_normalise(image.as_tensor(), cast(MetaTensor, foreground).as_tensor(), config.percentiles)
+    return cast(MetaTensor, ResizeWithPadOrCrop(spatial_size=config.shape)(image))
 
 
 def default_cache_dir() -> Path:

@@ -59,8 +59,8 @@ class BrainAgeModel(nn.Module):
         ``[B, P]``; ``forward(x)``: predicted age in years ``[B]``.
     """
 
-    age_mean: torch.Tensor  # buffer, 0-d: mean training age (years)
-    age_std: torch.Tensor  # buffer, 0-d: training age scale (years)
+    age_mean: torch.Tensor  # registered buffer, scalar: mean training age in years
+    age_std: torch.Tensor  # registered buffer, scalar: standard deviation of training ages (>= 1)
 
     def __init__(self, config: ModelConfig):
         super().__init__()

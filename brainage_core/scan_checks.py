@@ -180,19 +180,23 @@ def scan_problems(
     image_path = Path(image_path)
     image = _load(image_path)
     problems = [image] if isinstance(image, str) else _header_problems(image_path, image)
-    mask = None
+    mask: tuple[Path, nib.Nifti1Image] | None = None
     if mask_path is not None:
-        mask_path = Path(mask_path)
-        mask = _load(mask_path)
-        problems += [mask] if isinstance(mask, str) else _header_problems(mask_path, mask)
-    if problems:
+        mask_file = Path(mask_path)
+        loaded = _load(mask_file)
+        if isinstance(loaded, str):
+            problems.append(loaded)
+        else:
+            problems += _header_problems(mask_file, loaded)
+            mask = (mask_file, loaded)
+    if problems or isinstance(image, str):  # a str is a load error, already among the problems
         return problems
     if spacing is not None:
         problems += _resampled_problems(image_path, image, spacing)
     if mask is not None:
-        problems += _grid_problems(image_path, image, mask_path, mask)
+        problems += _grid_problems(image_path, image, *mask)
     if read_data and not problems:
         problems += _data_problems(image_path, image, is_mask=False)
         if mask is not None:
-            problems += _data_problems(mask_path, mask, is_mask=True)
+            problems += _data_problems(*mask, is_mask=True)
     return problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -43,9 +44,10 @@ def downsampled_voxels(
     Returns:
         ``(V,)`` float32 features; the same length for images on the same grid.
     """
-    image = nib.load(image_path)
+    # nib.load is typed as returning any image format; these files are NIfTI (the manifest's scans).
+    image = cast(nib.Nifti1Image, nib.load(image_path))
     data = np.asarray(image.dataobj, dtype=np.float32)
-    mask = np.asarray(nib.load(mask_path).dataobj) > 0
+    mask = np.asarray(cast(nib.Nifti1Image, nib.load(mask_path)).dataobj) > 0
     if not mask.any():
         raise ValueError(f"{image_path}: the brain mask is empty; check the mask file {mask_path}")
     data = data * mask / np.median(data[mask])

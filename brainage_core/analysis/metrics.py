@@ -159,6 +159,7 @@ def bootstrap_ci(
         ``(low, high)``.
     """
     age, predicted = _as_pair(age, predicted)
+    statistic: Callable[..., np.ndarray | float]
     if isinstance(metric, str):
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a function")

@@ -411,10 +411,10 @@ def run_book(
                     continue
                 keys[name] = _cache_key(run, root, keys, sources)
                 key_file = output / "keys" / f"{name}.json"
-                executed = output / "notebooks" / f"{name}.ipynb"
+                executed_copy = output / "notebooks" / f"{name}.ipynb"
                 if (
                     not force
-                    and executed.is_file()
+                    and executed_copy.is_file()
                     and key_file.is_file()
                     and json.loads(key_file.read_text()).get("key") == keys[name]
                 ):
