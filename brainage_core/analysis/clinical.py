@@ -308,7 +308,11 @@ def plot_gap_vs_score(
     return ax
 
 
-def _save_figure(figure: Figure, destination: Path) -> None:
+def _save_figure(axes: Axes, destination: Path) -> None:
+    """Save the figure holding ``axes`` as a file the project owns, then close it."""
+    figure = axes.get_figure(root=True)
+    if not isinstance(figure, Figure):
+        raise ValueError(f"{destination.name}: the plot is not on a figure")
     claim(destination.parent, [destination.name])
     with atomic_path(destination, suffix=destination.suffix) as temp:
         figure.savefig(temp, dpi=150, bbox_inches="tight")
@@ -369,12 +373,12 @@ def clinical_report(
         write_json(out_dir / "true_gap_recovery.json", recovery)
         files.append("true_gap_recovery.json")
 
-    _save_figure(plot_gap_by_group(corrected, train_groups=train_groups).figure, out_dir / "gap_by_group.png")
+    _save_figure(plot_gap_by_group(corrected, train_groups=train_groups), out_dir / "gap_by_group.png")
     files.append("gap_by_group.png")
     for row in severity[severity["partial_spearman"].notna()].itertuples():
         name = f"gap_vs_{row.score}.png"
         ax = plot_gap_vs_score(corrected, row.group, row.score, train_groups=train_groups)
-        _save_figure(ax.figure, out_dir / name)
+        _save_figure(ax, out_dir / name)
         files.append(name)
     return {
         "out_dir": str(out_dir),

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import nibabel as nib
 import numpy as np
@@ -112,7 +112,7 @@ def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: S
     """
     rows = {}
     for subject, path in zip(subject_ids, label_paths):
-        image = nib.load(path)
+        image = cast(nib.Nifti1Image, nib.load(path))
         labels = np.asarray(image.dataobj).astype(np.int64).ravel()
         counts = np.bincount(labels[labels > 0])
         voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0

@@ -6,6 +6,8 @@ return the :class:`~matplotlib.figure.Figure`.
 
 from __future__ import annotations
 
+from typing import cast
+
 import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
@@ -32,7 +34,7 @@ _GM_LOSS_FROM_AGE = 25
 
 def _volume(path: str) -> np.ndarray:
     """A NIfTI file's data as float64 (scaling applied), like ``get_fdata``."""
-    return np.asarray(nib.load(path).dataobj, dtype=np.float64)
+    return np.asarray(cast(nib.Nifti1Image, nib.load(path)).dataobj, dtype=np.float64)
 
 
 def _label(row: pd.Series) -> str:
