@@ -131,7 +131,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from brainage_core.analysis.metrics import BIAS_CORRECTION, N_BOOT, evaluate_run
+    from brainage_core.analysis.evaluation import evaluate_run
+    from brainage_core.analysis.metrics import BIAS_CORRECTION, N_BOOT
 
     n_boot = N_BOOT if args.n_boot is None else args.n_boot
     report = evaluate_run(

@@ -25,8 +25,9 @@ from brainage_core.analysis.clinical import (
     true_gap_recovery,
 )
 from brainage_core.analysis.correlation import correlations
+from brainage_core.analysis.evaluation import evaluate_run
 from brainage_core.analysis.interpret import ground_truth_table, randomization_table, saliency_values
-from brainage_core.analysis.metrics import corrected_predictions, evaluate_run
+from brainage_core.analysis.metrics import corrected_predictions
 from brainage_core.book import gluing
 from brainage_core.ownership import owned_files
 from brainage_core.rundir import read_predictions

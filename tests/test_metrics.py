@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import scipy.stats as st
 
+from brainage_core.analysis.evaluation import evaluate_run
 from brainage_core.analysis.metrics import (
     BiasCorrection,
     bootstrap_ci,
     corrected_predictions,
-    evaluate_run,
     fit_bias_correction,
     mae_by_age_band,
     metrics_with_ci,

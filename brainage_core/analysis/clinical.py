@@ -38,12 +38,12 @@ from matplotlib.figure import Figure
 from statsmodels.stats.multitest import multipletests
 
 from brainage_core.analysis.correlation import correlations, partial_spearman
+from brainage_core.analysis.evaluation import evaluate_run
 from brainage_core.analysis.metrics import (
     BIAS_CORRECTION,
     HEALTHY_GROUP,
     controls_from_manifest,
     corrected_predictions,
-    evaluate_run,
 )
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import KNOWN_GROUPS
@@ -334,12 +334,12 @@ def clinical_report(
 ) -> dict[str, Any]:
     """Run the clinical analyses of a run on its bias-corrected gap and write tables and figures.
 
-    The correction is that of :func:`brainage_core.analysis.metrics.evaluate_run` with the same
+    The correction is that of :func:`brainage_core.analysis.evaluation.evaluate_run` with the same
     ``method`` and ``controls_manifest``. Writes into ``out_dir`` (default ``RUN_DIR/clinical``):
     ``gap_by_group.csv``, ``severity_associations.csv``, ``gap_by_group.png``, one
     ``gap_vs_<score>.png`` per tested score, and ``true_gap_recovery.json`` (corrected and raw
     gap) when the predictions have ``true_gap``. With ``n_boot``, it also runs
-    :func:`~brainage_core.analysis.metrics.evaluate_run` with that many bootstrap resamples (which
+    :func:`~brainage_core.analysis.evaluation.evaluate_run` with that many bootstrap resamples (which
     writes ``RUN_DIR/metrics.json`` and ``RUN_DIR/predictions_corrected.csv``).
 
     Returns:
@@ -398,7 +398,7 @@ def accuracy_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame
     """Accuracy of several models, raw and bias-corrected, as "value [CI low, CI high]" strings.
 
     Args:
-        evaluations: model name -> report of :func:`~brainage_core.analysis.metrics.evaluate_run`.
+        evaluations: model name -> report of :func:`~brainage_core.analysis.evaluation.evaluate_run`.
 
     Returns:
         Index ``(model, metric)`` (sorted; metrics ``mae``, ``pearson_r``, ``r2``,
