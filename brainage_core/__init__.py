@@ -1,9 +1,27 @@
 """brainage_core: brain-age estimation from T1-weighted MRI with Rank-N-Contrast.
 
-The package is organised one module per idea, with data flowing one way::
+One module per idea, with data flowing one way (nothing outside ``book/`` imports ``book/``)::
 
-    manifest -> imaging (cached tensors) -> models + losses -> train -> predictions.csv
-             -> metrics / interpret / clinical -> notebooks -> book
+    cohorts/ (synthetic phantom, IXI import) -> manifest -> imaging, data (cached tensors)
+      -> models + losses -> engine, train -> rundir (the run directory) -> inference
+      -> analysis/ (metrics, evaluation, compare, crossval, clinical, interpret) -> book/
+
+* ``config`` holds every default once (``RunConfig``, ``CohortConfig``) and the dotted
+  ``section.key=value`` overrides spoken by the CLI, the notebooks and ``book/runs.yml``;
+  ``config_loader`` turns dictionaries into validated dataclasses, listing every problem.
+* ``manifest`` and ``scan_checks`` validate the data; ``imaging`` and ``data`` turn scans into
+  cached, augmented tensors.
+* ``models`` (MONAI 3D ResNet), ``losses`` (RNC and the baselines), ``engine`` (the per-epoch
+  trainer, ``compute_loss``), ``train`` (runs: lock, resume, ownership), ``distributed`` (DDP).
+* ``rundir`` is the one reader and writer of a run directory; ``inference`` predicts from it.
+* ``analysis/``: ``metrics`` (bootstrap CIs, age-bias correction), ``evaluation`` (a run's
+  report), ``compare`` (methods and seeds), ``crossval``, ``baseline`` (ridge on volumes),
+  ``clinical``, ``correlation``, ``cohort`` (what the phantom contains), ``interpret/`` (Grad-RAM).
+* ``cohorts/``: ``synthetic/`` (the phantom), ``ixi/`` (registration, QC, import), ``template``.
+* ``book/``: ``runspec`` and ``runner`` (papermill batch runs, Jupyter Book), ``workflow``
+  (chapter settings, runs on demand), ``plots/``, ``gluing``, ``performance``.
+* ``cli`` (the ``brainage`` command), ``bench`` (benchmarks), ``ownership`` (the only module that
+  deletes files, and only those brainage recorded), ``fileio`` (atomic writes).
 """
 
 from __future__ import annotations

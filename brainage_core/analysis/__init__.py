@@ -1,1 +1,1 @@
-"""Analyses of run directories: metrics and age-bias correction, clinical statistics, method comparisons, cross-validation, baselines and saliency."""
+"""Analyses of run directories and cohorts: metrics and age-bias correction, a run's evaluation, method comparisons, cross-validation, baselines, clinical statistics, what a cohort contains, the RNC toy experiment and saliency."""

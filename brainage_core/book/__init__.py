@@ -1,1 +1,1 @@
-"""The glue between the package and the book: the papermill runner, notebook workflow helpers and plots."""
+"""The glue between the package and the book: runs.yml, the papermill runner, chapter workflow helpers, glue values, benchmark tables and figures."""
