@@ -52,19 +52,7 @@ def test_baselines_predict_each_subject_once_on_the_given_folds() -> None:
 
 def test_cv_runs_give_out_of_fold_predictions(tmp_path: Path) -> None:
     manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=30)
-    config = load_config(
-        None,
-        [
-            f"data.manifest={manifest}",
-            "data.shape=[16, 16, 16]",
-            "model.width=0.125",
-            "train.epochs=1",
-            "train.batch_size=6",
-            "device=cpu",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.train_groups=[CN, AD]",
-        ],
-    )
+    config = tiny_config(manifest, tmp_path)
     runs = cv_runs(config, ["mse"], tmp_path / "runs")
     assert sorted(runs) == [("mse", 0), ("mse", 1), ("mse", 2)]
     predictions = out_of_fold_predictions(runs)
