@@ -119,8 +119,9 @@ def bench_results() -> dict[str, Any]:
 def test_stored_bench_results_are_read_not_measured(tmp_path: Path) -> None:
     stored = tmp_path / "bench.json"
     stored.write_text(json.dumps(bench_results()))
-    config = performance.bench_config(4.0, [48, 56, 48], "resnet10", 0.25, 16, "cpu", 0)
-    assert tuple(config.data.shape) == (48, 56, 48) and config.train.batch_size == 16
+    config = performance.bench_config(["cohort.n_subjects=40", "train.batch_size=8", "device=cpu"])
+    assert config.train.batch_size == 8 and config.device == "cpu"
+    assert config.data.shape == performance.bench_config().data.shape  # the rest are the defaults
     results = performance.benchmark_results(stored, tmp_path / "new.json", config)
     assert results == bench_results() and not (tmp_path / "new.json").exists()
 

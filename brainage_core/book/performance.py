@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from brainage_core.config import RunConfig, load_config
+from brainage_core.config import RunConfig, load_config, split_overrides
 
 __all__ = [
     "augmentation_table",
@@ -31,28 +31,13 @@ __all__ = [
 ]
 
 
-def bench_config(
-    spacing: float,
-    shape: Sequence[int],
-    arch: str,
-    width: float,
-    batch_size: int,
-    device: str,
-    num_workers: int,
-) -> RunConfig:
-    """The training configuration to benchmark: the defaults with these settings."""
-    return load_config(
-        None,
-        [
-            f"data.spacing={spacing}",
-            f"data.shape={list(shape)}",
-            f"model.arch={arch}",
-            f"model.width={width}",
-            f"train.batch_size={batch_size}",
-            f"device={device}",
-            f"num_workers={num_workers}",
-        ],
-    )
+def bench_config(overrides: Sequence[str] = ()) -> RunConfig:
+    """The training configuration to benchmark: the defaults with ``overrides`` (dotted settings).
+
+    ``cohort.`` settings, which a book profile passes to every chapter, do not concern the
+    benchmark and are left out.
+    """
+    return load_config(None, split_overrides(overrides)[1])
 
 
 def benchmark_results(
