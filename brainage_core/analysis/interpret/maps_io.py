@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -170,15 +171,18 @@ def plot_map_on_template(
     stat = nimage.load_img(map_img)
     data = np.asarray(stat.dataobj, dtype=np.float64)
     vmax = float(np.abs(data).max()) or 1.0
-    return plotting.plot_stat_map(
-        stat,
-        bg_img=_mni_template() if bg_img is None else bg_img,
-        title=title,
-        threshold=0.05 * vmax if threshold is None else threshold,
-        display_mode=display_mode,
-        cmap="RdBu_r" if signed else "hot",
-        symmetric_cbar=signed,
-        vmax=vmax,
-        vmin=None if signed else 0.0,
-        **kwargs,
-    )
+    with warnings.catch_warnings():
+        if not data.any():  # an all-zero map (e.g. an untrained model) is drawn blank
+            warnings.filterwarnings("ignore", message="Given img is empty|empty mask", category=UserWarning)
+        return plotting.plot_stat_map(
+            stat,
+            bg_img=_mni_template() if bg_img is None else bg_img,
+            title=title,
+            threshold=0.05 * vmax if threshold is None else threshold,
+            display_mode=display_mode,
+            cmap="RdBu_r" if signed else "hot",
+            symmetric_cbar=signed,
+            vmax=vmax,
+            vmin=None if signed else 0.0,
+            **kwargs,
+        )
