@@ -143,6 +143,7 @@ def test_a_failed_dependency_skips_its_dependents(tmp_path: Path) -> None:
     assert statuses(run_book(tmp_path, "p", log=io.StringIO())) == {"a": "failed", "b": "skipped", "c": "executed"}
 
 
+@pytest.mark.slow  # minutes: every chapter is executed and the book rendered
 def test_the_book_builds_from_smoke_runs() -> None:
     """The whole book, every chapter executed in smoke mode by the batch runner, rendered with warnings as errors."""
     outcomes = run_book(ROOT, "smoke", jobs=1, log=io.StringIO())
