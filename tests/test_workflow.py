@@ -15,6 +15,7 @@ from brainage_core.manifest import ManifestError
 from brainage_core.rundir import read_config, read_history
 from brainage_core.train import train
 from tests.conftest import write_tiny_cohort
+from tests.test_train import tiny_overrides
 
 
 @pytest.fixture(autouse=True)
@@ -26,22 +27,6 @@ def no_smoke_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=20)
-
-
-def tiny_overrides(folder: Path, manifest: Path) -> list[str]:
-    """One epoch of the narrowest network on 16^3 volumes: a run in seconds."""
-    return [
-        f"data.manifest={manifest}",
-        "data.spacing=4",
-        "data.shape=[16,16,16]",
-        f"data.cache_dir={folder / 'cache'}",
-        "model.width=0.125",
-        "train.epochs=1",
-        "train.batch_size=6",
-        "loss.name=mse",
-        "probe.steps=20",
-        "num_threads=1",
-    ]
 
 
 def write_runs_file(path: Path) -> Path:
@@ -137,8 +122,9 @@ def test_a_bad_override_lists_every_problem(cohort: Path) -> None:
 
 
 def test_a_bad_cohort_override_names_its_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"cohort\.n_subjects"):
-        workflow.chapter_config(["cohort.n_subjects=2"], cohort_dir=tmp_path / "cohort")
+    with pytest.raises(ConfigError, match=r"cohort\.n_subjects") as error:
+        workflow.chapter_config(["cohort.n_subjects=2", "train.epochs=0"], cohort_dir=tmp_path / "cohort")
+    assert "train.epochs" in str(error.value), "cohort and run problems are reported together"
     assert not (tmp_path / "cohort").exists(), "nothing is generated from invalid settings"
 
 
@@ -197,7 +183,7 @@ def file_times(folder: Path) -> dict[str, int]:
 
 
 def test_ensure_runs_reuses_a_finished_run_and_retrains_a_changed_one(cohort: Path, tmp_path: Path) -> None:
-    config = load_config(None, tiny_overrides(tmp_path, cohort))
+    config = load_config(None, tiny_overrides(tmp_path, cohort, epochs=1))
     runs_root = tmp_path / "runs"
     first = workflow.ensure_runs(config, runs_root, ["mse"], [0])
     run = workflow.run_folder(runs_root, "mse", 0)
@@ -207,7 +193,7 @@ def test_ensure_runs_reuses_a_finished_run_and_retrains_a_changed_one(cohort: Pa
     assert workflow.ensure_runs(config, runs_root, ["mse"], [0]) == first
     assert file_times(run) == before, "a finished run with the same settings is reused untouched"
 
-    longer = load_config(None, [*tiny_overrides(tmp_path, cohort), "train.epochs=2"])
+    longer = load_config(None, [*tiny_overrides(tmp_path, cohort, epochs=1), "train.epochs=2"])
     workflow.ensure_runs(longer, runs_root, ["mse"], [0])
     assert read_config(run).train.epochs == 2
     assert read_history(run)["epoch"].tolist() == [1, 2]
@@ -240,7 +226,7 @@ def test_predict_works_from_another_working_directory(
     cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(cohort.parent)
-    overrides = [*tiny_overrides(tmp_path, cohort)[1:], "data.manifest=manifest.csv", "data.cache_dir=cache"]
+    overrides = [*tiny_overrides(tmp_path, cohort, epochs=1)[1:], "data.manifest=manifest.csv", "data.cache_dir=cache"]
     run = train(load_config(None, overrides), tmp_path / "run", progress=False)
     stored = read_config(run)
     assert stored.data.manifest == str(cohort.resolve()), "the run stores the manifest's absolute path"

@@ -30,6 +30,7 @@ import yaml
 
 from brainage_core.config import (
     CohortConfig,
+    ConfigError,
     RunConfig,
     load_cohort_config,
     load_config,
@@ -145,8 +146,17 @@ def chapter_config(
     """
     everything = [*(profile_overrides(SMOKE_PROFILE) if smoke_mode(smoke) else []), *overrides]
     cohort_overrides, run_overrides = split_overrides(everything)
-    cohort = load_cohort_config(cohort_overrides)
-    config = load_config(None, run_overrides)
+    problems: list[str] = []
+    try:
+        cohort = load_cohort_config(cohort_overrides)
+    except ConfigError as error:
+        problems += error.problems
+    try:
+        config = load_config(None, run_overrides)
+    except ConfigError as error:
+        problems += error.problems
+    if problems:
+        raise ConfigError(problems, "the chapter's settings")
     if manifest:
         path = Path(manifest).expanduser().resolve()
         read_manifest(path)  # raises ManifestError listing every problem
