@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from brainage_core.cli_prepare import add_prepare
+
 __all__ = ["build_parser", "main"]
 
 EXIT_RUN_FAILED = 1
@@ -300,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ixi.add_argument("--quiet", action="store_true", help="no progress bar")
     ixi.set_defaults(handler=_cmd_import_ixi)
+    add_prepare(subparsers)
 
     _add_train(subparsers)
 

@@ -34,6 +34,7 @@ __all__ = [
     "ManifestProblem",
     "manifest_folder",
     "read_manifest",
+    "read_manifest_table",
     "validate_frame",
     "validate_manifest",
     "write_manifest",
@@ -332,6 +333,16 @@ def _read_raw(path: Path) -> pd.DataFrame:
         raise ManifestError(path, [ManifestProblem(None, None, f"not a readable CSV file ({error})")]) from error
     frame.columns = [str(column).strip() for column in frame.columns]
     return frame.map(lambda value: value.strip() if isinstance(value, str) else value)
+
+
+def read_manifest_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The manifest CSV as a table of stripped strings, not validated (see :func:`validate_frame`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ManifestError: it is not a readable comma-separated UTF-8 CSV, or repeats a column.
+    """
+    return _read_raw(_check_given(path))
 
 
 def validate_manifest(path: str | os.PathLike[str], check_images: str = "header") -> list[ManifestProblem]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
-from brainage_core.cohorts.ixi.demographics import IxiScan
 from brainage_core.cohorts.ixi.registration import Template
 from brainage_core.fileio import atomic_path
 
@@ -46,6 +45,20 @@ QC_BRAIN_VOLUME_ML: tuple[float, float] = (900.0, 2300.0)  # native mask volume 
 QC_COLUMNS = ("subject_id", "mrid", "correlation", "dice", "mattes_mi", "brain_volume_ml", "affine_scale", "qc_pass")
 
 
+class NamedScan(Protocol):
+    """What :func:`scan_qc` needs of a scan: its subject and the name of the scan itself.
+
+    An :class:`~brainage_core.cohorts.ixi.demographics.IxiScan` (``mrid`` is the IXI name) or a
+    scan of ``brainage prepare`` (``mrid`` is its scan id).
+    """
+
+    @property
+    def subject_id(self) -> str: ...
+
+    @property
+    def mrid(self) -> str: ...
+
+
 def qc_metrics(image: np.ndarray, mask: np.ndarray, template: Template) -> dict[str, float]:
     """Registration QC of a scan on the template grid.
 
@@ -68,7 +81,7 @@ def qc_metrics(image: np.ndarray, mask: np.ndarray, template: Template) -> dict[
 
 
 def scan_qc(
-    scan: IxiScan,
+    scan: NamedScan,
     image: np.ndarray,
     mask: np.ndarray,
     native_mask: sitk.Image,
@@ -79,7 +92,7 @@ def scan_qc(
     """The QC record of one registered scan (the row of ``qc.csv``, without ``qc_pass``).
 
     Args:
-        scan: the IXI scan.
+        scan: the scan (its ``subject_id`` and ``mrid`` start the record).
         image: ``[Z, Y, X]`` registered, skull-stripped scan on the template grid.
         mask: ``[Z, Y, X]`` its registered brain mask.
         native_mask: its brain mask on the T1 grid, for the brain volume.

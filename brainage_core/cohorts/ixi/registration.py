@@ -4,7 +4,7 @@ Each step works on SimpleITK images in RAS orientation and knows nothing of IXI 
 or reports (:mod:`.jobs` chains them per scan):
 
 - :func:`read_nifti_ras` reads a NIfTI volume with nibabel (a truncated file is caught) and
-  reorients it to RAS; :func:`read_segmentation` reads a parcellation that must share the
+  reorients it to RAS (:func:`read_nifti_canonical` + :func:`nifti_to_sitk`); :func:`read_segmentation` reads a parcellation that must share the
   T1's voxel grid;
 - :func:`n4_bias_correction`: N4 (SimpleITK), fitted on a shrunk copy inside a brain mask;
 - :func:`load_registration_template`: the skull-stripped ICBM152 2009a T1 from the nilearn
@@ -39,6 +39,8 @@ __all__ = [
     "fallback_brain_mask",
     "load_registration_template",
     "n4_bias_correction",
+    "nifti_to_sitk",
+    "read_nifti_canonical",
     "read_nifti_ras",
     "read_segmentation",
     "register_to_template",
@@ -101,23 +103,41 @@ def load_registration_template(spacing: float = 2.0) -> Template:
     return Template(brain=brain, mask=mask, sampling_mask=sitk.BinaryDilate(mask, [radius] * 3))
 
 
-def read_nifti_ras(path: Path, pixel_type: int) -> sitk.Image:
-    """Read a NIfTI volume with nibabel (scale slope applied), reorient to RAS, return SimpleITK.
+def read_nifti_canonical(path: Path) -> nib.Nifti1Image:
+    """Read a NIfTI volume with nibabel (scale slope applied) as a float32 RAS image.
 
     nibabel is used for reading because SimpleITK silently zero-fills a truncated ``.nii.gz``.
+    A 4-D file with exactly one volume is taken as that volume.
+
+    Returns:
+        A ``[X, Y, Z]`` float32 image in RAS orientation (``nib.as_closest_canonical``).
 
     Raises:
-        CorruptImageError: the file cannot be read completely or is not a finite 3-D volume.
+        CorruptImageError: the file cannot be read completely, or is not a finite 3-D volume
+            (or a 4-D file with one volume).
     """
     try:
         image = nib.as_closest_canonical(nib.load(path))
-        data = np.asarray(image.dataobj, dtype=np.float32)  # data: [X, Y, Z]
+        data = np.asarray(image.dataobj, dtype=np.float32)  # data: [X, Y, Z] or [X, Y, Z, 1]
     except Exception as error:  # nibabel, gzip and zlib raise many types for bad files
         raise CorruptImageError(
             f"{path}: cannot read as NIfTI ({type(error).__name__}: {error}); re-copy or re-export the file"
         ) from error
-    if data.ndim != 3 or not np.isfinite(data).all():
-        raise CorruptImageError(f"{path}: expected a finite 3-D volume, got shape {data.shape}")
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise CorruptImageError(
+            f"{path}: expected a 3-D volume (or a 4-D file with one volume), got shape {data.shape}; "
+            "give one T1 volume per file"
+        )
+    if not np.isfinite(data).all():
+        raise CorruptImageError(f"{path}: the volume holds NaN or infinite values; re-export the file")
+    return nib.Nifti1Image(data, image.affine)
+
+
+def nifti_to_sitk(image: nib.Nifti1Image, pixel_type: int) -> sitk.Image:
+    """A 3-D nibabel image as a SimpleITK image of ``pixel_type`` on the same voxel grid (LPS world)."""
+    data = np.asarray(image.dataobj, dtype=np.float32)  # data: [X, Y, Z]
     volume = sitk.GetImageFromArray(data.transpose(2, 1, 0))  # SimpleITK arrays are [Z, Y, X]
     lps = np.diag([-1.0, -1.0, 1.0]) @ image.affine[:3]  # NIfTI world is RAS, ITK world is LPS
     spacing = np.linalg.norm(lps[:, :3], axis=0)
@@ -125,6 +145,15 @@ def read_nifti_ras(path: Path, pixel_type: int) -> sitk.Image:
     volume.SetDirection((lps[:, :3] / spacing).flatten().tolist())
     volume.SetOrigin(lps[:, 3].tolist())
     return sitk.Cast(volume, pixel_type)
+
+
+def read_nifti_ras(path: Path, pixel_type: int) -> sitk.Image:
+    """Read a NIfTI volume (:func:`read_nifti_canonical`) as a SimpleITK image of ``pixel_type`` in RAS.
+
+    Raises:
+        CorruptImageError: the file cannot be read completely or is not a finite 3-D volume.
+    """
+    return nifti_to_sitk(read_nifti_canonical(path), pixel_type)
 
 
 def n4_bias_correction(image: sitk.Image, mask: sitk.Image) -> sitk.Image:
