@@ -110,6 +110,9 @@ def cached_qc(job: PrepareJob) -> dict[str, object] | None:
     return stored.get("qc")
 
 
+_ONE_TORCH_THREAD = {"set": False}  # set by init_worker: the worker's deepbet runs on one torch thread
+
+
 @functools.lru_cache(maxsize=1)
 def _brain_extractor():  # type: ignore[no-untyped-def]  # deepbet has no type hints
     """deepbet's two networks on the CPU, loaded once per process.
@@ -117,8 +120,11 @@ def _brain_extractor():  # type: ignore[no-untyped-def]  # deepbet has no type h
     deepbet loads them with ``torch.jit.load`` from the TorchScript files inside its own wheel
     (``site-packages/data/models/{model,bbox_model}.pt``), never from a user's file.
     """
+    import torch
     from deepbet import BrainExtraction  # imported here: torch and the networks only when needed
 
+    if _ONE_TORCH_THREAD["set"]:
+        torch.set_num_threads(1)
     return BrainExtraction(no_gpu=True)
 
 
@@ -195,9 +201,8 @@ def init_worker() -> None:
     """One SimpleITK and one torch thread per worker process (the processes share the cores).
 
     One SimpleITK thread makes the outputs identical whatever the number of workers
-    (see :func:`brainage_core.cohorts.ixi.jobs.init_worker`).
+    (see :func:`brainage_core.cohorts.ixi.jobs.init_worker`). torch is set to one thread when
+    deepbet is first loaded, so a worker whose scans all have masks never imports it.
     """
-    import torch
-
     init_sitk_worker()
-    torch.set_num_threads(1)
+    _ONE_TORCH_THREAD["set"] = True
