@@ -75,17 +75,21 @@ def test_manifest_rows_drop_bad_rows_with_their_row_and_keep_the_rest(tmp_path: 
     write_volume(tmp_path / "raw/b.nii.gz", seed=1)
     manifest = tmp_path / "m.csv"
     manifest.write_text(
-        "subject_id,image,age,sex,group\n"
-        "s1,raw/a.nii.gz,50,F,CN\n"
-        "s1,raw/b.nii.gz,51,F,CN\n"
-        "s2,raw/missing.nii.gz,60,M,CN\n"
-        "s3,raw/a.nii.gz,,M,CN\n"
+        "subject_id,image,age,sex,group,mask\n"
+        "s1,raw/a.nii.gz,50,F,CN,raw/a_mask.nii.gz\n"
+        "s1,raw/b.nii.gz,51,F,CN,\n"
+        "s2,raw/missing.nii.gz,60,M,CN,\n"
+        "s3,raw/a.nii.gz,,M,CN,\n"
     )
+    write_volume(tmp_path / "raw/a_mask.nii.gz")
     rows, problems = manifest_rows(manifest)
     assert [row["scan_id"] for row in rows] == ["s1_row1", "s1_row2"]
     assert rows[0]["image"] == str((tmp_path / "raw/a.nii.gz").resolve())
     assert any("row 3" in p and "image" in p for p in problems)
     assert any("row 4" in p and "age is missing" in p for p in problems)
+    given, found = _plan(rows, tmp_path / "out", 2.0)  # the user's mask wins over deepbet
+    assert (given.mask_source, found.mask_source) == ("given", "deepbet")
+    assert given.mask == (tmp_path / "raw/a_mask.nii.gz").resolve() and "deepbet" not in given.parameters()
     (tmp_path / "bad.csv").write_text("subject_id,image,age\ns1,raw/a.nii.gz,50\n")
     with pytest.raises(ManifestError, match="required column is missing"):
         manifest_rows(tmp_path / "bad.csv")
@@ -191,9 +195,13 @@ def test_a_real_bids_scan_is_prepared_onto_the_template_grid_and_cached(
     anat.mkdir(parents=True)
     (anat / "sub-012_ses-01_T1w.nii.gz").write_bytes(ixi_scan[0].read_bytes())
     (root / "participants.tsv").write_text("participant_id\tage\tsex\nsub-012\t38.78\tM\n")
+    corrupt = write_corrupt(root / "sub-012/ses-02/anat/sub-012_ses-02_T1w.nii.gz")
     out = tmp_path / "out"
-    report = prepare_scans(read_bids(root), out, workers=1, progress=False)
-    assert (report.n_processed, report.problems()) == (1, [])
+    report = prepare_scans(read_bids(root), out, workers=2, progress=False)
+    assert (report.n_processed, report.n_prepared, len(report.failed)) == (1, 1, 1)  # the good scan went on
+    assert str(corrupt) in report.failed[0]
+    page = (out / "qc.html").read_text()
+    assert page.index("sub-012_ses-02") < page.index("sub-012_ses-01")  # the failure comes first
     prepared = out / "sub-012/ses-01/anat/sub-012_ses-01_space-MNI152NLin2009aSym_desc-brain_T1w.nii.gz"
     template = load_registration_template(2.0).brain
     image = sitk.ReadImage(str(prepared))
@@ -203,4 +211,4 @@ def test_a_real_bids_scan_is_prepared_onto_the_template_grid_and_cached(
     assert validate_manifest(out / "manifest.csv") == []
     assert "deepbet" in (out / "manifest.csv").read_text()
     again = prepare_scans(read_bids(root), out, workers=1, progress=False)
-    assert (again.n_cached, again.n_processed) == (1, 0)
+    assert (again.n_cached, again.n_processed, again.n_prepared) == (1, 0, 1)
