@@ -38,12 +38,13 @@ def write_corrupt(path: Path) -> Path:
 
 
 def make_bids(root: Path) -> Path:
-    """sub-01: two sessions (one run-labelled); sub-02: no age; sub-03: no participants row."""
+    """sub-01: two sessions (one run-labelled, its age in sessions.tsv); sub-02: no age; sub-03: no participants row."""
     root.mkdir(parents=True)
     (root / "participants.tsv").write_text(
         "participant_id\tage\tsex\tgroup\tmmse\nsub-01\t70.5\tF\tn/a\t28\nsub-02\tn/a\tmale\tCN\tn/a\n"
     )
     write_volume(root / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
+    (root / "sub-01/sub-01_sessions.tsv").write_text("session_id\tage\nses-1\tn/a\nses-2\t72.5\n")
     write_volume(root / "sub-01/ses-2/anat/sub-01_ses-2_run-1_T1w.nii.gz", seed=1)
     write_volume(root / "sub-02/anat/sub-02_T1w.nii.gz", seed=2)
     write_volume(root / "sub-03/anat/sub-03_T1w.nii", seed=3)
@@ -56,7 +57,8 @@ def test_read_bids_lists_every_session_and_names_each_problem(tmp_path: Path) ->
         ("sub-01", "1", "", "sub-01_ses-1"),
         ("sub-01", "2", "1", "sub-01_ses-2_run-1"),
     ]
-    assert all(row["age"] == 70.5 and row["sex"] == "F" and row["group"] == "CN" for row in found.rows)
+    assert [row["age"] for row in found.rows] == [70.5, 72.5]  # sessions.tsv wins where it has an age
+    assert all(row["sex"] == "F" and row["group"] == "CN" for row in found.rows)
     assert found.rows[0]["mmse"] == "28"
     assert len(found.problems) == 2
     assert "participants.tsv row 2 (sub-02)" in found.problems[0] and "age" in found.problems[0]

@@ -7,11 +7,14 @@ reads only two things:
 - ``participants.tsv`` (tab-separated, ``n/a`` for missing values): ``participant_id``,
   ``age``, ``sex`` (``M``/``F``, also ``male``/``female``), optional ``group`` (default
   ``CN``), ``mmse``, ``cdr``, ``updrs3``, ``hoehn_yahr`` and ``site``;
-- ``sub-<label>/[ses-<label>/]anat/*_T1w.nii[.gz]``.
+- ``sub-<label>/[ses-<label>/]anat/*_T1w.nii[.gz]``;
+- ``sub-<label>/sub-<label>_sessions.tsv`` when present: its ``age`` column (by
+  ``session_id``) gives the age at each session, which wins over ``participants.tsv``
+  (longitudinal datasets store ages there).
 
 Every T1w file becomes one row (``subject_id`` = the participant, ``session`` and ``run``
 from the file's entities, ``scan_id`` = the file name without ``_T1w.nii[.gz]``). Problems
-(a subject without a participants row, or without an age; an unknown sex or group) name the
+(a subject without a participants row, a scan without an age; an unknown sex or group) name the
 file and row and leave that subject's scans out; the other scans go on. The prepared outputs
 follow BIDS-derivatives naming (:func:`derivative_paths`).
 """
@@ -63,44 +66,67 @@ def _missing(value: str | None) -> bool:
     return value is None or value.strip().lower() in MISSING
 
 
-def _read_participants(path: Path, problems: list[str]) -> dict[str, dict[str, object]]:
-    """Demographics by participant (``sub-<label>``); unusable rows go to ``problems``."""
+def _age(value: str | None) -> float:
+    """An age cell: NaN when missing (``n/a``); ValueError when not a number."""
+    return float("nan") if _missing(value) else float(str(value))
+
+
+def _read_tsv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a BIDS ``.tsv`` file (stripped strings); BidsError when a required column is missing."""
     with open(path, newline="", encoding="utf-8-sig") as stream:
         reader = csv.DictReader(stream, delimiter="\t")
         columns = [name.strip() for name in reader.fieldnames or []]
-        missing = [name for name in ("participant_id", "age", "sex") if name not in columns]
+        missing = [name for name in required if name not in columns]
         if missing:
             raise BidsError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(columns) or 'none'})")
-        table: dict[str, dict[str, object]] = {}
-        for number, raw in enumerate(reader, start=1):
-            row = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
-            where = f"{path} row {number} ({row['participant_id'] or 'no participant_id'})"
-            subject = row["participant_id"]
-            if not subject:
-                problems.append(f"{where}: participant_id is empty; fill it in")
-                continue
-            subject = subject if subject.startswith("sub-") else f"sub-{subject}"
-            try:
-                age = float("nan") if _missing(row["age"]) else float(row["age"])
-            except ValueError:
-                age = float("nan")
-            sex = SEX_NAMES.get(row["sex"].lower())
-            group = "CN" if _missing(row.get("group")) else str(row.get("group"))
-            if math.isnan(age):
-                problems.append(f"{where}: age {row['age']!r} is missing or not a number; its scans are left out")
-            elif sex is None:
-                problems.append(f"{where}: sex {row['sex']!r} is not M/F/male/female; its scans are left out")
-            elif group not in KNOWN_GROUPS:
-                problems.append(f"{where}: unknown group {group!r} (use {', '.join(KNOWN_GROUPS)}); left out")
-            else:
-                entry: dict[str, object] = {"age": age, "sex": sex, "group": group}
-                for column in (*SCORES, "site"):
-                    if not _missing(row.get(column)):
-                        entry[column] = row[column]
-                table[subject] = entry
-                continue
-            table[subject] = {}  # known but unusable: its scans are not reported a second time
+        return [{key.strip(): (value or "").strip() for key, value in raw.items() if key is not None} for raw in reader]
+
+
+def _read_participants(path: Path, problems: list[str]) -> dict[str, dict[str, object]]:
+    """Demographics by participant (``sub-<label>``); unusable rows go to ``problems``.
+
+    A missing age (``n/a``) is kept as NaN: the subject's ``sessions.tsv`` may give it.
+    """
+    table: dict[str, dict[str, object]] = {}
+    for number, row in enumerate(_read_tsv(path, ("participant_id", "age", "sex")), start=1):
+        where = f"{path} row {number} ({row['participant_id'] or 'no participant_id'})"
+        subject = row["participant_id"]
+        if not subject:
+            problems.append(f"{where}: participant_id is empty; fill it in")
+            continue
+        subject = subject if subject.startswith("sub-") else f"sub-{subject}"
+        sex = SEX_NAMES.get(row["sex"].lower())
+        group = "CN" if _missing(row.get("group")) else str(row.get("group"))
+        table[subject] = {}  # known but unusable unless filled below: its scans are not reported twice
+        try:
+            age = _age(row["age"])
+        except ValueError:
+            problems.append(f"{where}: age {row['age']!r} is not a number; its scans are left out")
+            continue
+        if sex is None:
+            problems.append(f"{where}: sex {row['sex']!r} is not M/F/male/female; its scans are left out")
+        elif group not in KNOWN_GROUPS:
+            problems.append(f"{where}: unknown group {group!r} (use {', '.join(KNOWN_GROUPS)}); left out")
+        else:
+            entry: dict[str, object] = {"age": age, "sex": sex, "group": group, "_where": where}
+            entry.update({column: row[column] for column in (*SCORES, "site") if not _missing(row.get(column))})
+            table[subject] = entry
     return table
+
+
+def _session_ages(root: Path, subject: str, problems: list[str]) -> tuple[Path | None, dict[str, float]]:
+    """Ages by session label from ``sub-<label>/sub-<label>_sessions.tsv`` (when it has an ``age`` column)."""
+    path = root / subject / f"{subject}_sessions.tsv"
+    if not path.is_file():
+        return None, {}
+    ages = {}
+    for number, row in enumerate(_read_tsv(path, ("session_id",)), start=1):
+        label = row["session_id"].removeprefix("ses-")
+        try:
+            ages[label] = _age(row.get("age"))
+        except ValueError:
+            problems.append(f"{path} row {number} ({row['session_id']}): age {row['age']!r} is not a number")
+    return path, ages
 
 
 def _entities(stem: str) -> dict[str, str]:
@@ -132,6 +158,7 @@ def read_bids(bids_dir: str | os.PathLike[str]) -> BidsInput:
         )
     found = BidsInput(root=root)
     table = _read_participants(participants, found.problems)
+    sessions: dict[str, tuple[Path | None, dict[str, float]]] = {}
     scans = sorted(root.glob("sub-*/anat/*_T1w.nii*")) + sorted(root.glob("sub-*/ses-*/anat/*_T1w.nii*"))
     if not scans:
         raise BidsError(f"{root}: no sub-*/[ses-*/]anat/*_T1w.nii[.gz] file found")
@@ -148,12 +175,24 @@ def read_bids(bids_dir: str | os.PathLike[str]) -> BidsInput:
         if subject not in table:
             found.problems.append(f"{path}: {subject} has no row in {participants}; add its age and sex")
             continue
-        if not table[subject]:
+        entry = dict(table[subject])
+        if not entry:
             continue  # its participants row is unusable: reported above
+        if subject not in sessions:
+            sessions[subject] = _session_ages(root, subject, found.problems)
+        sessions_file, ages = sessions[subject]
+        age = ages.get(entities.get("ses", ""), float("nan"))
+        age = age if not math.isnan(age) else float(str(entry.pop("age")))
+        where = entry.pop("_where")
+        if math.isnan(age):
+            also = f" nor does {sessions_file} for ses-{entities.get('ses')}" if sessions_file else ""
+            found.problems.append(f"{path}: no age - {where} has none{also}; add it (scan left out)")
+            continue
         row: dict[str, object] = {
             "subject_id": subject,
             "image": str(path.resolve()),
-            **table[subject],
+            **entry,
+            "age": age,
             "session": entities.get("ses", ""),
             "run": entities.get("run", ""),
             "scan_id": match["stem"],
