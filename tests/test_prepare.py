@@ -63,6 +63,8 @@ def test_read_bids_lists_every_session_and_names_each_problem(tmp_path: Path) ->
     assert len(found.problems) == 2
     assert "participants.tsv row 2 (sub-02)" in found.problems[0] and "age" in found.problems[0]
     assert "sub-03_T1w.nii" in found.problems[1] and "no row in" in found.problems[1]
+    with pytest.raises(ValueError, match="is the BIDS dataset itself"):
+        prepare_scans(found, tmp_path / "bids", progress=False)
 
 
 def test_read_bids_without_participants_says_what_to_add(tmp_path: Path) -> None:

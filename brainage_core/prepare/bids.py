@@ -168,6 +168,9 @@ def read_bids(bids_dir: str | os.PathLike[str]) -> BidsInput:
             found.problems.append(f"{path}: not a BIDS T1w file name (sub-<label>[_ses-<label>]..._T1w.nii.gz)")
             continue
         entities = _entities(match["stem"])
+        if {"space", "desc"} & set(entities):
+            found.problems.append(f"{path}: a derivative (space-/desc- in its name), not a raw T1w; left out")
+            continue
         subject = f"sub-{entities['sub']}"
         if subject != path.relative_to(root).parts[0]:
             found.problems.append(f"{path}: its name says {subject} but it lies in {path.relative_to(root).parts[0]}")

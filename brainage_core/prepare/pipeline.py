@@ -272,10 +272,15 @@ def prepare_scans(
     Raises:
         FileNotFoundError, ManifestError: the manifest cannot be read at all.
         FileExistsError: an output would overwrite a file brainage did not write.
+        ValueError: ``out_dir`` is the BIDS dataset itself (use its ``derivatives/`` folder).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
     bids = manifest_or_rows if isinstance(manifest_or_rows, BidsInput) else None
+    if bids is not None and out_dir.resolve() == bids.root.resolve():
+        raise ValueError(
+            f"--out {out_dir} is the BIDS dataset itself; write to e.g. {bids.root / 'derivatives' / 'brainage'}"
+        )
     if isinstance(manifest_or_rows, BidsInput):
         rows, problems, source = (
             list(manifest_or_rows.rows),
