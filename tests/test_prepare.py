@@ -123,7 +123,7 @@ def test_qc_html_is_self_contained_and_lists_failures_first(tmp_path: Path) -> N
     assert positions == sorted(positions)
 
 
-def test_a_rerun_with_unchanged_inputs_does_no_work(tmp_path: Path) -> None:
+def test_a_rerun_with_unchanged_inputs_does_no_work_and_a_changed_input_is_redone(tmp_path: Path) -> None:
     image = write_volume(tmp_path / "raw/a.nii.gz")
     rows = [{"subject_id": "s1", "image": str(image), "age": 50.0, "sex": "F", "group": "CN", "scan_id": "s1"}]
     out = tmp_path / "out"
@@ -145,6 +145,10 @@ def test_a_rerun_with_unchanged_inputs_does_no_work(tmp_path: Path) -> None:
     assert {path: path.stat().st_mtime_ns for path in job.outputs.values()} == before
     assert "mask_source" in (out / "manifest.csv").read_text().splitlines()[0]
     assert validate_manifest(out / "manifest.csv", check_images="exists") == []
+    write_corrupt(image)  # the input changed: processed again, fails, and the old manifest goes
+    report = prepare_scans(rows, out, workers=1, progress=False)
+    assert (report.n_cached, report.n_prepared, len(report.failed)) == (0, 0, 1)
+    assert not (out / "manifest.csv").exists()
 
 
 def test_unreadable_scans_are_reported_with_their_files(tmp_path: Path) -> None:

@@ -187,7 +187,8 @@ def run_job(job: PrepareJob) -> tuple[str, str, dict[str, object] | str]:
     """Worker entry point: ``(scan_id, status, qc record or problem message)``.
 
     ``status`` is ``"ok"``, ``"corrupt"`` (an unreadable input) or ``"failed"`` (deepbet or
-    SimpleITK failed); a message names the file.
+    SimpleITK failed, or any other error: one odd scan must not stop the batch); a message
+    names the file.
     """
     try:
         return job.scan_id, "ok", process_scan(job)
@@ -195,6 +196,8 @@ def run_job(job: PrepareJob) -> tuple[str, str, dict[str, object] | str]:
         return job.scan_id, "corrupt", str(error)
     except RuntimeError as error:  # SimpleITK reports its failures as RuntimeError
         return job.scan_id, "failed", f"{job.image}: processing failed ({error})"
+    except Exception as error:  # anything else a user's scan triggers: reported, the batch goes on
+        return job.scan_id, "failed", f"{job.image}: processing failed ({type(error).__name__}: {error})"
 
 
 def init_worker() -> None:

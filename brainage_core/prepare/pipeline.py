@@ -40,7 +40,7 @@ from brainage_core.manifest import (
     validate_frame,
     write_manifest,
 )
-from brainage_core.ownership import claim, owned_files
+from brainage_core.ownership import claim, owned_files, remove_owned
 from brainage_core.prepare.bids import BidsInput, derivative_paths, write_dataset_description
 from brainage_core.prepare.jobs import PrepareJob, cached_qc, init_worker, run_job
 from brainage_core.prepare.report import ScanResult, qc_status, write_qc_html
@@ -311,4 +311,6 @@ def prepare_scans(
     write_json(out_dir / "prepare_report.json", asdict(report))
     if len(manifest):
         write_manifest(manifest, out_dir / "manifest.csv")  # last: its presence means the rest is written
+    elif (out_dir / "manifest.csv").exists():
+        remove_owned(out_dir, ["manifest.csv"])  # an earlier run's manifest no longer describes this folder
     return report
