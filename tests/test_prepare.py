@@ -220,3 +220,14 @@ def test_a_real_bids_scan_is_prepared_onto_the_template_grid_and_cached(
     assert "deepbet" in (out / "manifest.csv").read_text()
     again = prepare_scans(read_bids(root), out, workers=1, progress=False)
     assert (again.n_cached, again.n_processed, again.n_prepared) == (1, 0, 1)
+
+
+@pytest.mark.slow
+def test_a_given_mask_is_used_instead_of_deepbet(ixi_scan: tuple[Path, Path], tmp_path: Path) -> None:
+    scan, seg = ixi_scan  # DLMUSE labels as the user's mask: voxels > 0 are brain
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"subject_id,image,age,sex,group,mask\nIXI012,{scan},38.78,M,CN,{seg}\n")
+    report = prepare_scans(manifest, tmp_path / "out", workers=1, progress=False)
+    assert (report.n_prepared, report.problems()) == (1, [])
+    assert "mask_source" in (text := (tmp_path / "out/manifest.csv").read_text()) and ",given," in text
+    assert json.loads((tmp_path / "out/cache/IXI012.json").read_text())["parameters"]["mask_source"] == "given"
