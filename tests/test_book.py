@@ -160,11 +160,14 @@ def test_the_book_builds_from_smoke_runs() -> None:
         page = (html / "book" / notebook.with_suffix(".html").name).read_text()
         assert "<img" in page, f"{notebook.name}: no figure rendered"
         assert str(ROOT) not in page, f"{notebook.name}: shows an absolute path of the build machine"
-    executed = ROOT / "_book_runs" / "smoke" / "notebooks" / "data.ipynb"
-    injected = [
-        c for c in nbformat.read(executed, as_version=4).cells if "injected-parameters" in c.metadata.get("tags", [])
-    ]
-    assert injected and "hide-input" in injected[0].metadata["tags"], "the injected parameters are folded"
+    for executed in (ROOT / "_book_runs" / "smoke" / "notebooks").glob("*.ipynb"):
+        assert str(ROOT) not in executed.read_text(), f"{executed.name}: the downloadable notebook shows {ROOT}"
+        injected = [
+            c
+            for c in nbformat.read(executed, as_version=4).cells
+            if "injected-parameters" in c.metadata.get("tags", [])
+        ]
+        assert injected and "hide-input" in injected[0].metadata["tags"], f"{executed.name}: injected cell not folded"
     remote = sorted(
         {
             f"{page.name}: {src}"

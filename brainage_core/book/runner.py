@@ -154,20 +154,27 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
             log_output=False,
             execution_timeout=run.cell_timeout,
         )
-        _collapse_injected_parameters(temp)
+        _tidy_executed(temp, run.notebook, destination.relative_to(root))
     print(f"[book] {run.name}: done", file=log, flush=True)
 
 
-def _collapse_injected_parameters(executed: Path) -> None:
-    """Tag papermill's injected-parameters cell ``hide-input``: the page shows it folded."""
+def _tidy_executed(executed: Path, notebook: str, destination: Path) -> None:
+    """Make an executed notebook fit for the book.
+
+    papermill's injected-parameters cell is tagged ``hide-input`` (the page shows it folded), and
+    papermill's record of the input and output paths, absolute on the build machine, is replaced
+    by the paths relative to the repository (the book offers the notebook for download).
+    """
     import nbformat
 
-    notebook = nbformat.read(str(executed), as_version=4)
-    for cell in notebook.cells:
+    book_copy = nbformat.read(str(executed), as_version=4)
+    for cell in book_copy.cells:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "hide-input" not in tags:
             tags.append("hide-input")
-    nbformat.write(notebook, str(executed))
+    record = book_copy.metadata.get("papermill", {})
+    record.update(input_path=str(notebook), output_path=str(destination))
+    nbformat.write(book_copy, str(executed))
 
 
 def run_book(
