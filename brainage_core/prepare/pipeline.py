@@ -25,12 +25,10 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm import tqdm
 
 from brainage_core.fileio import atomic_path, sha256_file, write_json
 from brainage_core.manifest import (
@@ -44,6 +42,7 @@ from brainage_core.ownership import claim, owned_files, remove_owned
 from brainage_core.prepare.bids import BidsInput, derivative_paths, write_dataset_description
 from brainage_core.prepare.jobs import PrepareJob, cached_qc, init_worker, run_job
 from brainage_core.prepare.report import ScanResult, qc_status, write_qc_html
+from brainage_core.scan_jobs import CACHED, run_scan_jobs
 
 __all__ = ["PrepareReport", "manifest_rows", "prepare_scans"]
 
@@ -176,29 +175,20 @@ def _claim_outputs(out_dir: Path, paths: Sequence[Path]) -> None:
 
 def _run(jobs: list[PrepareJob], workers: int | None, progress: bool, report: PrepareReport) -> dict[str, object]:
     """Results by scan id: the QC record (cached or computed) or the problem message."""
-    results: dict[str, object] = {}
-    to_run = []
-    for job in jobs:
-        cached = cached_qc(job)
-        if cached is None:
-            to_run.append(job)
-        else:
-            results[job.scan_id] = cached
-    report.n_cached = len(results)
-    if not to_run:
-        return results
-    workers = max(1, min(workers or os.cpu_count() or 1, len(to_run)))
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-    with (
-        tqdm(total=len(to_run), desc="prepare", unit="scan", disable=not progress) as bar,
-        ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker) as pool,
-    ):
-        for future in as_completed([pool.submit(run_job, job) for job in to_run]):
-            scan_id, _, payload = future.result()
-            results[scan_id] = payload
-            bar.update()
-    report.n_processed = sum(isinstance(results[job.scan_id], dict) for job in to_run)
-    return results
+    outcomes = run_scan_jobs(
+        jobs,
+        key=lambda job: job.scan_id,
+        cached=cached_qc,
+        run=run_job,
+        initializer=init_worker,
+        workers=workers,
+        progress=progress,
+        desc="prepare",
+        mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that may hold torch threads
+    )
+    report.n_cached = sum(status == CACHED for _, status, _ in outcomes)
+    report.n_processed = sum(status != CACHED and isinstance(payload, dict) for _, status, payload in outcomes)
+    return {scan_id: payload for scan_id, _, payload in outcomes}
 
 
 def _outcomes(jobs: list[PrepareJob], results: dict[str, object], report: PrepareReport) -> list[ScanResult]:

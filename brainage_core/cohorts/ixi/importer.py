@@ -14,13 +14,11 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from brainage_core.cohorts.ixi.demographics import Demographics, IxiScan, parse_ixi_name, read_demographics
 from brainage_core.cohorts.ixi.jobs import ScanJob, cached_qc, init_worker, run_job
@@ -28,6 +26,7 @@ from brainage_core.cohorts.ixi.qc import passes_qc, write_qc_table
 from brainage_core.cohorts.ixi.registration import SEED
 from brainage_core.fileio import sha256_file, write_json
 from brainage_core.manifest import write_manifest
+from brainage_core.scan_jobs import CACHED, run_scan_jobs
 
 __all__ = ["N_FOLDS", "ImportReport", "assign_folds", "import_ixi"]
 
@@ -159,28 +158,23 @@ def _run(
     jobs: list[ScanJob], workers: int | None, progress: bool, report: ImportReport
 ) -> dict[str, dict[str, object]]:
     """QC records of the jobs: from the cache, else by processing in ``workers`` processes."""
+    outcomes = run_scan_jobs(
+        jobs,
+        key=lambda job: job.scan.subject_id,
+        cached=cached_qc,
+        run=run_job,
+        initializer=init_worker,
+        workers=workers,
+        progress=progress,
+        desc="IXI import",
+    )
     records: dict[str, dict[str, object]] = {}
-    to_run = []
-    for job in jobs:
-        cached = cached_qc(job)
-        if cached is None:
-            to_run.append(job)
+    for subject_id, status, payload in outcomes:
+        if isinstance(payload, dict):  # cached, or status "ok": the QC record
+            records[subject_id] = payload
         else:
-            records[job.scan.subject_id] = cached
-    report.n_cached = len(records)
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(to_run)))
-    with (
-        tqdm(total=len(to_run), desc="IXI import", unit="scan", disable=not progress) as bar,
-        ProcessPoolExecutor(workers, initializer=init_worker) as pool,
-    ):
-        for future in as_completed([pool.submit(run_job, job) for job in to_run]):
-            subject_id, status, payload = future.result()
-            if isinstance(payload, dict):  # status "ok": the QC record
-                records[subject_id] = payload
-            else:
-                (report.corrupt if status == "corrupt" else report.failed).append(payload)
-            bar.update()
+            (report.corrupt if status == "corrupt" else report.failed).append(str(payload))
+    report.n_cached = sum(status == CACHED for _, status, _ in outcomes)
     report.n_processed = len(records) - report.n_cached
     return records
 
