@@ -28,6 +28,7 @@ __all__ = [
     "KNOWN_GROUPS",
     "KNOWN_SPLITS",
     "OPTIONAL_COLUMNS",
+    "PREPARATION_COLUMN",
     "REQUIRED_COLUMNS",
     "SCORE_RANGES",
     "ManifestError",
@@ -54,7 +55,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "true_gap",
     "effect_map",
     "labels",
+    "preparation",
 )
+PREPARATION_COLUMN = "preparation"  # how the images were made (brainage prepare, the phantom); runs check it
 KNOWN_GROUPS: tuple[str, ...] = ("CN", "MCI", "AD", "PD")
 KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test")
 AGE_RANGE: tuple[float, float] = (0.0, 120.0)

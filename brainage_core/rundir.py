@@ -67,7 +67,7 @@ LOCK_FILES = (".lock", ".lock-holder.json")
 # predictions.csv: these columns always, then whichever manifest columns the run carried.
 PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "group", "sex", "age", "predicted_age")
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "predicted_age", "true_gap", "mmse", "cdr", "updrs3", "hoehn_yahr")
-TEXT_COLUMNS: tuple[str, ...] = ("subject_id", "split", "group", "sex", "site", "image")
+TEXT_COLUMNS: tuple[str, ...] = ("subject_id", "split", "group", "sex", "site", "image", "preparation")
 
 
 class RunLockedError(RuntimeError):

@@ -267,6 +267,7 @@ def _write_outputs(trainer: Trainer, run_dir: Path) -> None:
             "cdr",
             "updrs3",
             "hoehn_yahr",
+            "preparation",  # how the training images were made: brainage predict checks new scans against it
         )
         if c in trainer.frame.columns
     ]

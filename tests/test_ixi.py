@@ -20,12 +20,13 @@ from nilearn.image import resample_to_img
 
 from brainage_core.cohorts import ixi
 from brainage_core.cohorts.ixi import ImportReport, assign_folds, import_ixi, parse_ixi_name, read_demographics
-from brainage_core.cohorts.ixi.jobs import ScanJob, cached_qc
-from brainage_core.fileio import sha256_file
 from brainage_core.manifest import read_manifest, validate_manifest
+from brainage_core.prepare import PREPARATION
+from brainage_core.prepare import jobs as prepare_jobs
 from tests.conftest import IXI_DIR
 
 SUBJECTS = ("IXI012-HH-1211", "IXI013-HH-1212", "IXI014-HH-1236")
+SUBJECT_IDS = ("IXI012", "IXI013", "IXI014")
 TRUNCATED = "IXI015-HH-1258"
 
 
@@ -182,19 +183,22 @@ def test_corrupt_file_is_reported_and_the_rest_imported(imported: tuple[Path, Im
     assert len(stored["not_on_disk"]) == 145 - 4  # participants.csv rows without a scan in the folder
 
 
-def test_outputs_are_skull_stripped_ras_on_the_template_grid(imported: tuple[Path, ImportReport]) -> None:
+def test_outputs_are_ras_on_the_template_grid_inside_its_brain_region(imported: tuple[Path, ImportReport]) -> None:
     out_dir, _ = imported
     template = ixi.load_registration_template(2.0)
     grid_shape = template.brain.GetSize()
     manifest = read_manifest(out_dir / "manifest.csv")
-    assert manifest.columns.tolist() == ["subject_id", "image", "age", "sex", "group", "site", "mask", "labels", "fold"]
+    template_region = sitk.GetArrayFromImage(template.region).transpose(2, 1, 0) > 0  # [X, Y, Z] as nibabel
+    assert manifest.columns.tolist() == [
+        "subject_id", "image", "age", "sex", "group", "mask", "mask_source", "preparation", "site", "labels",
+        "scan_id", "fold",
+    ]  # fmt: skip
     assert (manifest["group"] == "CN").all() and (manifest["site"] == "HH").all()
+    assert (manifest["preparation"] == PREPARATION).all() and (manifest["mask_source"] == "given").all()
     assert manifest.set_index("subject_id").loc["IXI014", "age"] == pytest.approx(34.24)
     for row in manifest.itertuples():
-        assert row.labels == str(
-            out_dir.resolve() / "labels" / f"{row.subject_id}_dlmuse_mni.nii.gz"
-        )  # resolved like image
-        image, mask, labels = nib.load(row.image), nib.load(row.mask), nib.load(out_dir / row.labels)
+        assert row.labels == str(out_dir.resolve() / "labels" / f"{row.subject_id}_labels_mni.nii.gz")
+        image, mask, labels = nib.load(row.image), nib.load(row.mask), nib.load(row.labels)
         for volume in (image, mask, labels):
             assert volume.shape == grid_shape
             assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
@@ -203,18 +207,24 @@ def test_outputs_are_skull_stripped_ras_on_the_template_grid(imported: tuple[Pat
         assert image.get_data_dtype() == np.float32
         data, inside = image.get_fdata(), mask.get_fdata() > 0
         assert (data[~inside] == 0).all() and (data[inside] > 0).mean() > 0.99
+        np.testing.assert_array_equal(inside, template_region)  # the models see the same region in every scan
         label_data = np.asarray(labels.dataobj)
         assert len(np.unique(label_data)) > 100  # the DLMUSE regions survive nearest-neighbour resampling
-        assert ((label_data > 0) & inside).sum() / (label_data > 0).sum() > 0.97
+        assert ((label_data > 0) & inside).sum() / (label_data > 0).sum() > 0.99  # the region holds the brain
 
 
 def test_qc_and_registration_overlap(imported: tuple[Path, ImportReport]) -> None:
     out_dir, _ = imported
     qc = pd.read_csv(out_dir / "qc.csv").set_index("subject_id")
-    assert len(qc) == 3 and qc["qc_pass"].all()
+    qc = qc.loc[[*SUBJECT_IDS, "IXI015"]]
+    assert len(qc) == 4 and (qc.loc[list(SUBJECT_IDS), "status"] != "qc_failed").all()
+    assert qc.loc["IXI015", "status"] == "error" and "cannot read as NIfTI" in qc.loc["IXI015", "message"]
+    assert (qc.loc[list(SUBJECT_IDS), "reference_dice"] == 1.0).all()  # the labels are the mask
+    qc = qc.loc[list(SUBJECT_IDS)]
     assert (qc["correlation"] >= ixi.QC_MIN_CORRELATION).all() and (qc["dice"] >= ixi.QC_MIN_DICE).all()
     assert qc["brain_volume_ml"].between(1200, 1800).all()
-    # Dice with nilearn's own MNI152 brain mask, resampled onto our grid: independent of the ixi package.
+    # Dice of the registered DLMUSE brain with nilearn's own MNI152 brain mask, resampled onto our
+    # grid: independent of the ixi package.
     manifest = read_manifest(out_dir / "manifest.csv")
     reference = resample_to_img(
         load_mni152_brain_mask(resolution=2),
@@ -225,7 +235,7 @@ def test_qc_and_registration_overlap(imported: tuple[Path, ImportReport]) -> Non
     )
     template_mask = reference.get_fdata() > 0
     for row in manifest.itertuples():
-        registered = nib.load(row.mask).get_fdata() > 0
+        registered = nib.load(row.labels).get_fdata() > 0
         dice = 2 * (registered & template_mask).sum() / (registered.sum() + template_mask.sum())
         assert dice > 0.9, f"{row.subject_id}: Dice {dice:.3f} with the MNI brain mask"
         assert (out_dir / "qc" / f"{row.subject_id}.png").stat().st_size > 10_000
@@ -236,11 +246,12 @@ def test_qc_flags_a_misaligned_scan(imported: tuple[Path, ImportReport]) -> None
     out_dir, _ = imported
     template = ixi.load_registration_template(2.0)
     image = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "images" / "IXI012_T1w_mni.nii.gz")))  # [Z, Y, X]
-    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "masks" / "IXI012_mask_mni.nii.gz")))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / "labels" / "IXI012_labels_mni.nii.gz")))
+    mask = (labels > 0).astype(np.uint8)  # the registered brain (its DLMUSE labels)
     aligned = ixi.qc_metrics(image, mask, template)
     stored = pd.read_csv(out_dir / "qc.csv").set_index("subject_id").loc["IXI012"]
     assert aligned["correlation"] == pytest.approx(stored["correlation"], abs=1e-4)
-    assert aligned["dice"] == pytest.approx(stored["dice"], abs=1e-4)
+    assert aligned["dice"] == pytest.approx(stored["dice"], abs=0.01)  # the stored mask was resampled linearly
     assert ixi.passes_qc({**aligned, "brain_volume_ml": stored["brain_volume_ml"]})
     for axis in range(3):  # 10 mm off along any axis fails
         shifted = ixi.qc_metrics(np.roll(image, 5, axis=axis), np.roll(mask, 5, axis=axis), template)
@@ -256,7 +267,7 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached scan was registered again")
 
-    for module in (ixi.jobs, ixi.registration):  # where the per-scan steps look them up
+    for module in (prepare_jobs, ixi.registration):  # where the per-scan steps look them up
         monkeypatch.setattr(module, "register_to_template", forbidden)
         monkeypatch.setattr(module, "n4_bias_correction", forbidden)
     t1_dir = out_dir.parent / "t1"
@@ -267,19 +278,6 @@ def test_rerun_reuses_the_cache(imported: tuple[Path, ImportReport], monkeypatch
     assert again.corrupt == first.corrupt  # the truncated file is read again and reported again
     assert [path.stat().st_mtime_ns for path in outputs] == mtimes
     assert validate_manifest(out_dir / "manifest.csv") == []
-    # The cache key is the input content and the parameters: a changed input is not reused.
-    scan = parse_ixi_name(t1_dir / f"{SUBJECTS[0]}_T1.nii.gz")
-    mask_path = out_dir.parent / "seg" / f"{SUBJECTS[0]}_T1_DLMUSE.nii.gz"
-    inputs = {"t1": sha256_file(scan.path), "mask": sha256_file(mask_path)}
-    job = ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs=inputs)
-    assert cached_qc(job) is not None
-    assert (
-        cached_qc(
-            ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=2.0, inputs={**inputs, "t1": "0" * 64})
-        )
-        is None
-    )
-    assert cached_qc(ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=1.5, inputs=inputs)) is None
 
 
 def test_crafted_table_reports_every_mismatch(
@@ -314,24 +312,23 @@ def test_crafted_table_reports_every_mismatch(
     assert set(json.loads((tmp_path / "out" / "import_report.json").read_text())) >= {"missing_age", "no_demographics"}
 
 
-def test_import_without_masks_uses_the_cruder_fallback(
+@pytest.mark.slow
+def test_import_without_masks_strips_the_skull_with_deepbet(
     ixi_dir: Path, tmp_path: Path, imported: tuple[Path, ImportReport]
 ) -> None:
     t1_dir, _ = copy_scans(ixi_dir, tmp_path, ("IXI012-HH-1211",), with_seg=False)
     report = import_ixi(t1_dir, ixi_dir / "participants.csv", tmp_path / "out", workers=1, progress=False)
     assert report.n_imported == 1 and not report.missing_mask
     manifest = read_manifest(tmp_path / "out" / "manifest.csv")
-    assert "labels" not in manifest.columns
+    assert "labels" not in manifest.columns and manifest["mask_source"].tolist() == ["deepbet"]
     sidecar = json.loads((tmp_path / "out" / "cache" / "IXI012.json").read_text())
-    assert sidecar["parameters"]["mask_source"] == "template_fallback"
-    # Compared in MNI space with the DLMUSE-masked import of the same scan.
-    fallback = nib.load(manifest["mask"][0]).get_fdata() > 0
-    dlmuse = nib.load(imported[0] / "masks" / "IXI012_mask_mni.nii.gz").get_fdata() > 0
-    dice = 2 * (fallback & dlmuse).sum() / (fallback.sum() + dlmuse.sum())
-    assert dice > 0.9, f"fallback mask Dice {dice:.3f} with the DLMUSE mask"
-    assert (fallback & dlmuse).sum() / dlmuse.sum() > 0.97  # errs on the side of keeping brain
-    image = nib.load(manifest["image"][0]).get_fdata()
-    assert (image[~fallback] == 0).all()
+    assert sidecar["parameters"]["mask_source"] == "deepbet"
+    # What a model sees does not depend on the mask: the same region, nearly the same voxels.
+    region = nib.load(manifest["mask"][0]).get_fdata() > 0
+    np.testing.assert_array_equal(region, nib.load(imported[0] / "masks" / "IXI012_mask_mni.nii.gz").get_fdata() > 0)
+    deepbet = nib.load(manifest["image"][0]).get_fdata()[region]
+    dlmuse = nib.load(imported[0] / "images" / "IXI012_T1w_mni.nii.gz").get_fdata()[region]
+    assert np.corrcoef(deepbet, dlmuse)[0, 1] > 0.98
 
 
 def test_max_subjects_limits_the_import(ixi_dir: Path, tmp_path: Path) -> None:

@@ -147,7 +147,7 @@ def test_a_rerun_with_unchanged_inputs_does_no_work_and_a_changed_input_is_redon
     assert validate_manifest(out / "manifest.csv", check_images="exists") == []
     write_corrupt(image)  # the input changed: processed again, fails, and the old manifest goes
     report = prepare_scans(rows, out, workers=1, progress=False)
-    assert (report.n_cached, report.n_prepared, len(report.failed)) == (0, 0, 1)
+    assert (report.n_cached, report.n_prepared, len(report.corrupt)) == (0, 0, 1)
     assert not (out / "manifest.csv").exists()
 
 
@@ -156,9 +156,9 @@ def test_unreadable_scans_are_reported_with_their_files(tmp_path: Path) -> None:
     corrupt = write_corrupt(root / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz")
     two = write_volume(root / "sub-01/ses-2/anat/sub-01_ses-2_run-1_T1w.nii.gz", (10, 10, 10, 2))
     report = prepare_scans(read_bids(root), tmp_path / "out", workers=1, progress=False)
-    assert len(report.failed) == 2 and report.n_prepared == 0 and report.manifest == ""
-    assert any(str(corrupt) in p and "cannot read as NIfTI" in p for p in report.failed)
-    assert any(str(two) in p and "one volume" in p for p in report.failed)
+    assert len(report.corrupt) == 2 and report.n_prepared == 0 and report.manifest == ""
+    assert any(str(corrupt) in p and "cannot read as NIfTI" in p for p in report.corrupt)
+    assert any(str(two) in p and "one volume" in p for p in report.corrupt)
     assert len(report.input_problems) == 2  # sub-02 without age, sub-03 without a row
     assert json.loads((tmp_path / "out/dataset_description.json").read_text())["DatasetType"] == "derivative"
     page = (tmp_path / "out/qc.html").read_text()
@@ -206,8 +206,8 @@ def test_a_real_bids_scan_is_prepared_onto_the_template_grid_and_cached(
     corrupt = write_corrupt(root / "sub-012/ses-02/anat/sub-012_ses-02_T1w.nii.gz")
     out = tmp_path / "out"
     report = prepare_scans(read_bids(root), out, workers=2, progress=False)
-    assert (report.n_processed, report.n_prepared, len(report.failed)) == (1, 1, 1)  # the good scan went on
-    assert str(corrupt) in report.failed[0]
+    assert (report.n_processed, report.n_prepared, len(report.corrupt)) == (1, 1, 1)  # the good scan went on
+    assert str(corrupt) in report.corrupt[0]
     page = (out / "qc.html").read_text()
     assert page.index("sub-012_ses-02") < page.index("sub-012_ses-01")  # the failure comes first
     prepared = out / "sub-012/ses-01/anat/sub-012_ses-01_space-MNI152NLin2009aSym_desc-brain_T1w.nii.gz"

@@ -20,12 +20,13 @@ Modules:
 """
 
 from brainage_core.prepare.bids import SPACE, BidsError, BidsInput, read_bids
-from brainage_core.prepare.jobs import PIPELINE_VERSION, deepbet_mask
+from brainage_core.prepare.jobs import PIPELINE_VERSION, PREPARATION, deepbet_mask
 from brainage_core.prepare.pipeline import PrepareReport, manifest_rows, prepare_scans
 from brainage_core.prepare.report import qc_status, write_qc_html
 
 __all__ = [
     "PIPELINE_VERSION",
+    "PREPARATION",
     "SPACE",
     "BidsError",
     "BidsInput",

@@ -7,7 +7,18 @@ and :mod:`brainage_core.cohorts.ixi.qc`); what differs is the brain mask and the
 - brain mask: the user's mask (``mask`` column, voxels > 0, on the scan's grid) when given,
   otherwise deepbet (:func:`deepbet_mask`);
 - N4 inside the mask -> affine registration of the brain to the ICBM152 2009a template ->
-  resampling of scan and mask onto the template grid -> QC record and figure.
+  resampling of the scan onto the template grid, kept inside the template's brain region
+  (:func:`.in_template_region`; the ``mask`` output is that region, the same for every
+  scan, so the brain mask steers N4 and the registration but not what the models see) -> QC
+  record (the registered brain mask against the template's) and figure;
+- a parcellation on the scan's grid (``labels`` column, e.g. the IXI DLMUSE labels), when
+  given, is carried onto the template grid (nearest neighbour) and measures the brain mask:
+  ``reference_dice`` is the Dice of the mask used (deepbet's) against ``labels > 0``, on the
+  scan's own grid.
+
+The QC record also holds the seconds each step took (``seconds_read``, ``seconds_mask``,
+``seconds_n4``, ``seconds_register``, ``seconds_write``), which ``brainage bench`` and the book
+report.
 
 A :class:`PrepareJob` carries explicit output paths (``images/`` names for a manifest,
 BIDS-derivatives names for a BIDS dataset) and a sidecar ``cache/<scan_id>.json`` holding the
@@ -20,6 +31,9 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -28,26 +42,41 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from brainage_core.cohorts.ixi.jobs import init_worker as init_sitk_worker
 from brainage_core.cohorts.ixi.qc import save_qc_figure, scan_qc
 from brainage_core.cohorts.ixi.registration import (
     SEED,
     CorruptImageError,
+    in_template_region,
     load_registration_template,
     n4_bias_correction,
     nifti_to_sitk,
     read_nifti_canonical,
     read_segmentation,
     register_to_template,
-    resample_to_template,
+    resample_labels,
+    resample_mask,
+    resample_scan,
     write_nifti,
 )
 from brainage_core.fileio import write_json
 
-__all__ = ["PIPELINE_VERSION", "PrepareJob", "cached_qc", "deepbet_mask", "init_worker", "process_scan", "run_job"]
+__all__ = [
+    "PIPELINE_VERSION",
+    "PREPARATION",
+    "STEPS",
+    "PrepareJob",
+    "cached_qc",
+    "deepbet_mask",
+    "dice",
+    "init_worker",
+    "process_scan",
+    "run_job",
+]
 
-PIPELINE_VERSION = 1  # bump when the processing changes, to invalidate every cached scan
+PIPELINE_VERSION = 4  # bump when the processing changes, to invalidate every cached scan
 DEEPBET_THRESHOLD = 0.5  # deepbet's default probability threshold for brain
+PREPARATION = f"brainage-prepare-v{PIPELINE_VERSION}"  # the manifests' 'preparation' value
+STEPS = ("read", "mask", "n4", "register", "write")  # timed steps, as QC columns seconds_<step>
 
 
 @dataclass(frozen=True)
@@ -59,16 +88,20 @@ class PrepareJob:
         subject_id: its subject.
         image: the raw T1 file.
         mask: the user's brain mask on the T1's grid, or ``None`` for deepbet.
-        outputs: ``image``, ``mask`` and ``qc_figure`` paths to write.
+        labels: a parcellation on the T1's grid (label 0 = background), or ``None``.
+        outputs: ``image``, ``mask`` and ``qc_figure`` paths to write (and ``labels`` with a
+            parcellation).
         sidecar: the cache record to write.
         spacing: voxel size of the template grid in mm.
-        inputs: ``{"t1": sha256, "mask": sha256 or ""}``, stored in the sidecar.
+        inputs: ``{"t1": sha256, "mask": sha256 or "", "labels": sha256 or ""}``, stored in the
+            sidecar.
     """
 
     scan_id: str
     subject_id: str
     image: Path
     mask: Path | None
+    labels: Path | None
     outputs: dict[str, Path]
     sidecar: Path
     spacing: float
@@ -95,6 +128,22 @@ class PrepareJob:
         if self.mask is None:
             parameters["deepbet"] = {"version": version("deepbet"), "threshold": DEEPBET_THRESHOLD}
         return parameters
+
+
+def dice(first: sitk.Image, second: sitk.Image) -> float:
+    """Dice overlap of two binary masks on the same grid (voxels > 0)."""
+    a = sitk.GetArrayViewFromImage(first) > 0
+    b = sitk.GetArrayViewFromImage(second) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * float((a & b).sum()) / total if total else 1.0
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block to ``seconds[step]``."""
+    start = time.perf_counter()
+    yield
+    seconds[step] = seconds.get(step, 0.0) + time.perf_counter() - start
 
 
 def cached_qc(job: PrepareJob) -> dict[str, object] | None:
@@ -157,25 +206,40 @@ def process_scan(job: PrepareJob) -> dict[str, object]:
         CorruptImageError: the T1 or its mask cannot be read, or the mask is on another grid.
         RuntimeError: deepbet or SimpleITK failed (no brain found, registration diverged).
     """
-    template = load_registration_template(job.spacing)
-    canonical = read_nifti_canonical(job.image)
-    head = nifti_to_sitk(canonical, sitk.sitkFloat32)
-    if job.mask is not None:
-        native_mask = sitk.Cast(read_segmentation(job.mask, head, job.image) > 0, sitk.sitkUInt8)
-        if not sitk.GetArrayViewFromImage(native_mask).any():
-            raise CorruptImageError(f"{job.mask}: the mask is empty (no voxel > 0); give the brain mask of this scan")
-    else:
-        native_mask = nifti_to_sitk(deepbet_mask(canonical), sitk.sitkUInt8)
-    corrected = n4_bias_correction(head, native_mask)
-    brain = corrected * sitk.Cast(native_mask, sitk.sitkFloat32)
-    transform, metric = register_to_template(brain, template, SEED)
-
-    image, mask = resample_to_template(corrected, native_mask, transform, template)
-    write_nifti(image, job.outputs["image"])
-    write_nifti(mask, job.outputs["mask"])
-    image_array = sitk.GetArrayFromImage(image)  # [Z, Y, X]
-    qc = scan_qc(job, image_array, sitk.GetArrayFromImage(mask), native_mask, transform, metric, template)
-    save_qc_figure(job.outputs["qc_figure"], image_array, template, qc)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "read"):
+        template = load_registration_template(job.spacing)
+        canonical = read_nifti_canonical(job.image)
+        head = nifti_to_sitk(canonical, sitk.sitkFloat32)
+        labels = read_segmentation(job.labels, head, job.image) if job.labels is not None else None
+    with _timed(seconds, "mask"):
+        if job.mask is not None:
+            native_mask = sitk.Cast(read_segmentation(job.mask, head, job.image) > 0, sitk.sitkUInt8)
+            if not sitk.GetArrayViewFromImage(native_mask).any():
+                raise CorruptImageError(
+                    f"{job.mask}: the mask is empty (no voxel > 0); give the brain mask of this scan"
+                )
+        else:
+            native_mask = nifti_to_sitk(deepbet_mask(canonical), sitk.sitkUInt8)
+    with _timed(seconds, "n4"):
+        corrected = n4_bias_correction(head, native_mask)
+    with _timed(seconds, "register"):
+        brain = corrected * sitk.Cast(native_mask, sitk.sitkFloat32)
+        transform, metric = register_to_template(brain, template, SEED)
+    with _timed(seconds, "write"):
+        registered_head = resample_scan(corrected, transform, template)
+        image = in_template_region(registered_head, template)
+        write_nifti(image, job.outputs["image"])
+        write_nifti(template.region, job.outputs["mask"])  # the region the models see: the same for every scan
+        brain_mask = resample_mask(native_mask, transform, template)
+        if labels is not None:
+            write_nifti(resample_labels(labels, transform, template), job.outputs["labels"])
+        image_array = sitk.GetArrayFromImage(image)  # [Z, Y, X]
+        qc = scan_qc(job, image_array, sitk.GetArrayFromImage(brain_mask), native_mask, transform, metric, template)
+        if labels is not None:
+            qc["reference_dice"] = round(dice(native_mask, labels), 4)
+        save_qc_figure(job.outputs["qc_figure"], sitk.GetArrayFromImage(registered_head), template, qc)
+    qc.update({f"seconds_{step}": round(seconds[step], 2) for step in STEPS})
     write_json(
         job.sidecar,
         {"inputs": job.inputs, "parameters": job.parameters(), "qc": qc, "transform": list(transform.GetParameters())},
@@ -203,9 +267,10 @@ def run_job(job: PrepareJob) -> tuple[str, str, dict[str, object] | str]:
 def init_worker() -> None:
     """One SimpleITK and one torch thread per worker process (the processes share the cores).
 
-    One SimpleITK thread makes the outputs identical whatever the number of workers
-    (see :func:`brainage_core.cohorts.ixi.jobs.init_worker`). torch is set to one thread when
+    N4 and the registration metric give slightly different results with different SimpleITK
+    thread counts: one thread everywhere makes the outputs identical whatever the number of
+    workers. torch is set to one thread when
     deepbet is first loaded, so a worker whose scans all have masks never imports it.
     """
-    init_sitk_worker()
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)
     _ONE_TORCH_THREAD["set"] = True

@@ -24,7 +24,7 @@ import os
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from brainage_core.manifest import (
 )
 from brainage_core.ownership import claim, owned_files, remove_owned
 from brainage_core.prepare.bids import BidsInput, derivative_paths, write_dataset_description
-from brainage_core.prepare.jobs import PrepareJob, cached_qc, init_worker, run_job
+from brainage_core.prepare.jobs import PREPARATION, STEPS, PrepareJob, cached_qc, init_worker, run_job
 from brainage_core.prepare.report import ScanResult, qc_status, write_qc_html
 from brainage_core.scan_jobs import CACHED, run_scan_jobs
 
@@ -48,9 +48,10 @@ __all__ = ["PrepareReport", "manifest_rows", "prepare_scans"]
 
 QC_TABLE_COLUMNS = (
     "scan_id", "subject_id", "image", "mask_source", "status", "correlation", "dice",
-    "mattes_mi", "brain_volume_ml", "affine_scale", "message",
+    "mattes_mi", "brain_volume_ml", "affine_scale", "reference_dice", "message",
+    *(f"seconds_{step}" for step in STEPS),
 )  # fmt: skip
-DROPPED_COLUMNS = ("labels", "effect_map", "bids_prefix")  # native-grid files, or internal to the BIDS reader
+DROPPED_COLUMNS = ("effect_map", "bids_prefix")  # a native-grid file, or internal to the BIDS reader
 
 
 @dataclass
@@ -66,12 +67,13 @@ class PrepareReport:
     n_prepared: int = 0
     seconds: float = 0.0
     input_problems: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     qc_failed: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         """Every problem, input problems first."""
-        return self.input_problems + self.failed + self.qc_failed
+        return self.input_problems + self.corrupt + self.failed + self.qc_failed
 
     def summary(self) -> str:
         """One line for the terminal."""
@@ -112,18 +114,29 @@ def manifest_rows(path: str | os.PathLike[str]) -> tuple[list[dict[str, object]]
         if number in bad_rows:
             continue
         row: dict[str, object] = {key: value for key, value in record.items() if value != ""}
-        for column in ("image", "mask"):
+        for column in ("image", "mask", "labels"):
             if column in row:
                 row[column] = str((base / str(row[column])).resolve())
-        stem = _safe(str(row["subject_id"])) + (f"_ses-{_safe(str(row['session']))}" if row.get("session") else "")
-        row["scan_id"], row["_row"] = stem, number
+        row["_row"] = number
         rows.append(row)
-    repeated = Counter(row["scan_id"] for row in rows)
+    return _with_scan_ids(rows), messages
+
+
+def _with_scan_ids(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Give every row without one a ``scan_id``: subject, session, and the row number when still ambiguous.
+
+    The row number is ``_row`` (a manifest's row, removed here) or the position in ``rows``.
+    """
     for row in rows:
+        if not row.get("scan_id"):
+            session = f"_ses-{_safe(str(row['session']))}" if row.get("session") else ""
+            row["scan_id"] = _safe(str(row["subject_id"])) + session
+    repeated = Counter(row["scan_id"] for row in rows)
+    for position, row in enumerate(rows, start=1):
+        number = row.pop("_row", position)
         if repeated[row["scan_id"]] > 1:
-            row["scan_id"] = f"{row['scan_id']}_row{row['_row']}"
-        del row["_row"]
-    return rows, messages
+            row["scan_id"] = f"{row['scan_id']}_row{number}"
+    return rows
 
 
 def _plan(rows: list[dict[str, object]], out_dir: Path, spacing: float) -> list[PrepareJob]:
@@ -139,10 +152,13 @@ def _plan(rows: list[dict[str, object]], out_dir: Path, spacing: float) -> list[
                 "mask": out_dir / "masks" / f"{scan_id}_mask_mni.nii.gz",
             }
         outputs["qc_figure"] = out_dir / "qc" / f"{scan_id}.png"
-        image, mask = Path(str(row["image"])), Path(str(row["mask"])) if row.get("mask") else None
+        image = Path(str(row["image"]))
+        mask, labels = (Path(str(row[c])) if row.get(c) else None for c in ("mask", "labels"))
+        if labels is not None:
+            outputs["labels"] = out_dir / "labels" / f"{scan_id}_labels_mni.nii.gz"
         inputs = {
-            "t1": sha256_file(image) if image.is_file() else "",
-            "mask": sha256_file(mask) if mask is not None and mask.is_file() else "",
+            name: sha256_file(path) if path is not None and path.is_file() else ""
+            for name, path in (("t1", image), ("mask", mask), ("labels", labels))
         }
         jobs.append(
             PrepareJob(
@@ -150,6 +166,7 @@ def _plan(rows: list[dict[str, object]], out_dir: Path, spacing: float) -> list[
                 subject_id=str(row["subject_id"]),
                 image=image,
                 mask=mask,
+                labels=labels,
                 outputs=outputs,
                 sidecar=out_dir / "cache" / f"{scan_id}.json",
                 spacing=spacing,
@@ -173,8 +190,10 @@ def _claim_outputs(out_dir: Path, paths: Sequence[Path]) -> None:
     claim(out_dir, paths)
 
 
-def _run(jobs: list[PrepareJob], workers: int | None, progress: bool, report: PrepareReport) -> dict[str, object]:
-    """Results by scan id: the QC record (cached or computed) or the problem message."""
+def _run(
+    jobs: list[PrepareJob], workers: int | None, progress: bool, report: PrepareReport
+) -> dict[str, tuple[str, object]]:
+    """Results by scan id: ``(status, QC record or problem message)``; status as :func:`.run_job`, or cached."""
     outcomes = run_scan_jobs(
         jobs,
         key=lambda job: job.scan_id,
@@ -188,16 +207,18 @@ def _run(jobs: list[PrepareJob], workers: int | None, progress: bool, report: Pr
     )
     report.n_cached = sum(status == CACHED for _, status, _ in outcomes)
     report.n_processed = sum(status != CACHED and isinstance(payload, dict) for _, status, payload in outcomes)
-    return {scan_id: payload for scan_id, _, payload in outcomes}
+    return {scan_id: (status, payload) for scan_id, status, payload in outcomes}
 
 
-def _outcomes(jobs: list[PrepareJob], results: dict[str, object], report: PrepareReport) -> list[ScanResult]:
-    """The report entry of every scan; failures and QC failures go to ``report``."""
+def _outcomes(
+    jobs: list[PrepareJob], results: dict[str, tuple[str, object]], report: PrepareReport
+) -> list[ScanResult]:
+    """The report entry of every scan; unreadable inputs, failures and QC failures go to ``report``."""
     outcomes = []
     for job in jobs:
-        payload = results[job.scan_id]
+        status, payload = results[job.scan_id]
         if not isinstance(payload, dict):
-            report.failed.append(str(payload))
+            (report.corrupt if status == "corrupt" else report.failed).append(str(payload))
             outcomes.append(ScanResult(job.scan_id, str(job.image), "error", message=str(payload)))
             continue
         qc = {**payload, "mask_source": job.mask_source}
@@ -225,12 +246,19 @@ def _write_tables(
         if outcome.status == "error" or (outcome.status == "qc_failed" and not keep_failed):
             continue
         kept = {key: value for key, value in row.items() if key not in DROPPED_COLUMNS}
-        kept.update(image=str(job.outputs["image"]), mask=str(job.outputs["mask"]), mask_source=job.mask_source)
+        kept.update(
+            image=str(job.outputs["image"]),
+            mask=str(job.outputs["mask"]),
+            mask_source=job.mask_source,
+            preparation=PREPARATION,
+        )
+        if "labels" in job.outputs:
+            kept["labels"] = str(job.outputs["labels"])
         manifest.append(kept)
     table = pd.DataFrame(qc_rows, columns=list(QC_TABLE_COLUMNS))
     with atomic_path(out_dir / "qc.csv", suffix=".csv") as temp:
         table.to_csv(temp, index=False)
-    first = ["subject_id", "image", "age", "sex", "group", "session", "run", "mask", "mask_source", "scan_id"]
+    first = ["subject_id", "image", "age", "sex", "group", "session", "run", "mask", "mask_source", "preparation"]
     frame = pd.DataFrame(manifest)
     return frame[[c for c in first if c in frame] + [c for c in frame if c not in first]] if manifest else frame
 
@@ -243,18 +271,23 @@ def prepare_scans(
     progress: bool = True,
     spacing: float = 2.0,
     include_failed_qc: bool = False,
+    finish_manifest: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
 ) -> PrepareReport:
     """Skull-strip, bias-correct and register raw T1 scans to the MNI template; write a manifest of them.
 
     Args:
         manifest_or_rows: a manifest CSV of raw scans (paths relative to it; an optional ``mask``
-            column holds the user's brain masks, used instead of deepbet), the result of
-            :func:`~brainage_core.prepare.bids.read_bids`, or rows as from :func:`manifest_rows`.
+            column holds the user's brain masks, used instead of deepbet, and ``labels`` a
+            parcellation carried to the template grid), the result of
+            :func:`~brainage_core.prepare.bids.read_bids`, or rows as from :func:`manifest_rows`
+            (absolute paths; a ``scan_id`` is made from subject and session when missing).
         out_dir: output folder (created); a rerun into it reuses every unchanged scan.
         workers: processes; ``None`` uses every CPU core.
         progress: show a tqdm bar.
         spacing: voxel size of the template grid in mm.
         include_failed_qc: keep scans that fail QC in the manifest (they are reported either way).
+        finish_manifest: applied to the output manifest before it is written (e.g. the IXI
+            import adds its folds).
 
     Returns:
         The report, also written to ``out_dir/prepare_report.json``.
@@ -265,7 +298,7 @@ def prepare_scans(
         ValueError: ``out_dir`` is the BIDS dataset itself (use its ``derivatives/`` folder).
     """
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the manifest stores paths relative to itself: resolve them first
     bids = manifest_or_rows if isinstance(manifest_or_rows, BidsInput) else None
     if bids is not None and out_dir.resolve() == bids.root.resolve():
         raise ValueError(
@@ -280,7 +313,7 @@ def prepare_scans(
     elif isinstance(manifest_or_rows, (str, os.PathLike)):
         (rows, problems), source = manifest_rows(manifest_or_rows), str(manifest_or_rows)
     else:
-        rows, problems, source = [dict(row) for row in manifest_or_rows], [], "rows"
+        rows, problems, source = _with_scan_ids([dict(row) for row in manifest_or_rows]), [], "rows"
     report = PrepareReport(source=source, out_dir=str(out_dir), n_scans=len(rows), input_problems=problems)
     jobs = _plan(rows, out_dir, float(spacing))
     names = ["qc.csv", "qc.html", "prepare_report.json", "manifest.csv"] + (
@@ -295,6 +328,8 @@ def prepare_scans(
     outcomes = _outcomes(jobs, _run(jobs, workers, progress, report), report)
     manifest = _write_tables(rows, jobs, outcomes, out_dir, include_failed_qc)
     write_qc_html(outcomes, out_dir / "qc.html", f"brainage prepare: {Path(source).name}")
+    if finish_manifest is not None and len(manifest):
+        manifest = finish_manifest(manifest)
     report.n_prepared = len(manifest)
     report.manifest = str(out_dir / "manifest.csv") if len(manifest) else ""
     report.seconds = round(time.perf_counter() - start, 1)

@@ -1,11 +1,12 @@
-"""The IXI import driver: find the scans, match demographics, process or reuse each scan, write the manifest.
+"""The IXI import: IXI file names and demographics in front of ``brainage prepare``.
 
 :func:`import_ixi` pairs every ``IXI<ID>-<SITE>-<N>_T1.nii.gz`` in a folder with its row of
-the demographics table (:mod:`.demographics`) and its optional DLMUSE parcellation, runs a
-:class:`~brainage_core.cohorts.ixi.jobs.ScanJob` per usable scan in worker processes (or
-takes its cached result), and writes ``qc.csv``, ``import_report.json`` and, last, the
-manifest with age-stratified folds (:func:`assign_folds`). Every scan left out is named in the
-:class:`ImportReport` with the reason and what to do.
+the demographics table (:mod:`.demographics`) and its optional DLMUSE parcellation, and hands
+the usable scans to :func:`brainage_core.prepare.prepare_scans`, the one preparation of raw
+scans (a given DLMUSE parcellation is the brain mask, ``seg > 0``, and its labels are carried
+to the template grid; without one deepbet strips the skull). It adds age-stratified folds
+(:func:`assign_folds`) to the manifest and writes ``import_report.json``. Every scan left out
+is named in the :class:`ImportReport` with the reason and what to do.
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import numpy as np
 import pandas as pd
 
 from brainage_core.cohorts.ixi.demographics import Demographics, IxiScan, parse_ixi_name, read_demographics
-from brainage_core.cohorts.ixi.jobs import ScanJob, cached_qc, init_worker, run_job
-from brainage_core.cohorts.ixi.qc import passes_qc, write_qc_table
 from brainage_core.cohorts.ixi.registration import SEED
-from brainage_core.fileio import sha256_file, write_json
-from brainage_core.manifest import write_manifest
-from brainage_core.scan_jobs import CACHED, run_scan_jobs
+from brainage_core.fileio import write_json
+from brainage_core.ownership import claim
 
 __all__ = ["N_FOLDS", "ImportReport", "assign_folds", "import_ixi"]
 
@@ -125,17 +123,15 @@ def _scan_folder(t1_dir: Path, report: ImportReport) -> tuple[dict[str, IxiScan]
     return {subject_id: found[0] for subject_id, found in by_subject.items() if subject_id not in repeated}, repeated
 
 
-def _plan(
-    scans: dict[str, IxiScan],
-    table: Demographics,
-    mask_dir: Path | None,
-    out_dir: Path,
-    spacing: float,
-    report: ImportReport,
-) -> list[ScanJob]:
-    """A job per scan with usable demographics (and mask); every other scan goes to the report."""
+def _rows(
+    scans: dict[str, IxiScan], table: Demographics, mask_dir: Path | None, report: ImportReport
+) -> list[dict[str, object]]:
+    """Rows for :func:`~brainage_core.prepare.prepare_scans`: scans with usable demographics (and mask).
+
+    Every other scan goes to the report with the reason.
+    """
     source = Path(table.source).name
-    jobs = []
+    rows: list[dict[str, object]] = []
     for subject_id, scan in sorted(scans.items()):
         mask_path = None if mask_dir is None else mask_dir / f"{scan.mrid}_T1_DLMUSE.nii.gz"
         if subject_id in table.conflicting:
@@ -149,73 +145,23 @@ def _plan(
         elif mask_path is not None and not mask_path.is_file():
             report.missing_mask.append(f"{scan.mrid}: no mask {mask_path}; left out - add it or drop the mask folder")
         else:
-            inputs = {"t1": sha256_file(scan.path), "mask": "" if mask_path is None else sha256_file(mask_path)}
-            jobs.append(ScanJob(scan=scan, mask_path=mask_path, out_dir=out_dir, spacing=spacing, inputs=inputs))
-    return jobs
+            row: dict[str, object] = {
+                "subject_id": subject_id,
+                "image": str(scan.path.resolve()),
+                "age": table.table.at[subject_id, "age"],
+                "sex": table.table.at[subject_id, "sex"],
+                "group": "CN",  # IXI recruited healthy volunteers
+                "site": scan.site,
+            }
+            if mask_path is not None:  # the parcellation is the brain mask (labels > 0) and its labels
+                row.update(mask=str(mask_path.resolve()), labels=str(mask_path.resolve()))
+            rows.append(row)
+    return rows
 
 
-def _run(
-    jobs: list[ScanJob], workers: int | None, progress: bool, report: ImportReport
-) -> dict[str, dict[str, object]]:
-    """QC records of the jobs: from the cache, else by processing in ``workers`` processes."""
-    outcomes = run_scan_jobs(
-        jobs,
-        key=lambda job: job.scan.subject_id,
-        cached=cached_qc,
-        run=run_job,
-        initializer=init_worker,
-        workers=workers,
-        progress=progress,
-        desc="IXI import",
-    )
-    records: dict[str, dict[str, object]] = {}
-    for subject_id, status, payload in outcomes:
-        if isinstance(payload, dict):  # cached, or status "ok": the QC record
-            records[subject_id] = payload
-        else:
-            (report.corrupt if status == "corrupt" else report.failed).append(str(payload))
-    report.n_cached = sum(status == CACHED for _, status, _ in outcomes)
-    report.n_processed = len(records) - report.n_cached
-    return records
-
-
-def _manifest(
-    jobs: list[ScanJob],
-    records: dict[str, dict[str, object]],
-    table: Demographics,
-    include_failed_qc: bool,
-    report: ImportReport,
-) -> pd.DataFrame:
-    """Manifest rows of the processed scans (QC failures reported, and dropped unless kept), with folds."""
-    rows = []
-    for job in jobs:
-        qc, outputs = records.get(job.scan.subject_id), job.outputs()
-        if qc is None:
-            continue  # corrupt or failed: already reported
-        if not passes_qc(qc):
-            report.qc_failed.append(
-                f"{job.scan.mrid}: failed QC (correlation {qc['correlation']}, Dice {qc['dice']}, "
-                f"brain {qc['brain_volume_ml']} ml); {'kept' if include_failed_qc else 'left out'} - "
-                f"look at {outputs['qc_figure']}"
-            )
-            if not include_failed_qc:
-                continue
-        row = {
-            "subject_id": job.scan.subject_id,
-            "image": str(outputs["image"].resolve()),
-            "age": table.table.at[job.scan.subject_id, "age"],
-            "sex": table.table.at[job.scan.subject_id, "sex"],
-            "group": "CN",  # IXI recruited healthy volunteers
-            "site": job.scan.site,
-            "mask": str(outputs["mask"].resolve()),
-        }
-        if "labels" in outputs:  # relative to the manifest, like the paths write_manifest converts
-            row["labels"] = outputs["labels"].relative_to(job.out_dir).as_posix()
-        rows.append(row)
-    columns = ["subject_id", "image", "age", "sex", "group", "site", "mask"]
-    manifest = pd.DataFrame(rows, columns=columns + (["labels"] if jobs and jobs[0].mask_path else []))
-    manifest["fold"] = assign_folds(manifest["age"], manifest["subject_id"])
-    return manifest
+def _with_folds(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The prepared manifest with its age-stratified ``fold`` column."""
+    return manifest.assign(fold=assign_folds(manifest["age"], manifest["subject_id"]))
 
 
 def import_ixi(
@@ -234,24 +180,24 @@ def import_ixi(
     ``max_subjects`` keeps only the first subjects (by IXI ID) of the folder, for quick runs
     such as the book's smoke tests; ``None`` imports all of them.
 
-    Brain masks come from ``mask_dir/<MRID>_T1_DLMUSE.nii.gz`` (``seg > 0``), whose labels are
-    also carried to the template grid (nearest neighbour). Without ``mask_dir`` a cruder
-    fallback is used: the template brain mask registered back into native space and dilated
-    (see :func:`.fallback_brain_mask`); expect some non-brain tissue at the edges.
+    The scans are prepared by :func:`~brainage_core.prepare.prepare_scans` (the same steps,
+    QC, cache and outputs as ``brainage prepare``). Brain masks come from
+    ``mask_dir/<MRID>_T1_DLMUSE.nii.gz`` (``seg > 0``), whose labels are also carried to the
+    template grid (nearest neighbour); without ``mask_dir``, deepbet strips the skull.
 
-    QC (``qc.csv``, one row per processed scan): ``correlation`` with the template T1 and
-    ``dice`` with the template brain mask (:func:`.qc_metrics`), ``mattes_mi`` (final
-    registration metric, negative mutual information), ``brain_volume_ml`` (native mask),
-    ``affine_scale`` (cube root of the affine's determinant: scan size relative to the
-    template) and ``qc_pass``. A scan passes when correlation >= :data:`.QC_MIN_CORRELATION`,
-    Dice >= :data:`.QC_MIN_DICE` and the brain volume lies in :data:`.QC_BRAIN_VOLUME_ML`
-    (:func:`.passes_qc`; the thresholds are applied on every run, to cached metrics too).
-    Failing scans are left out of the manifest unless ``include_failed_qc``.
+    QC (``qc.csv``, one row per scan): ``correlation`` with the template T1 and ``dice`` with
+    the template brain mask (:func:`.qc_metrics`), ``mattes_mi`` (final registration metric,
+    negative mutual information), ``brain_volume_ml`` (native mask), ``affine_scale`` (cube
+    root of the affine's determinant: scan size relative to the template), ``reference_dice``
+    (the brain mask against ``labels > 0``: 1 when the labels are the mask) and ``status``. A scan
+    passes when correlation >= :data:`.QC_MIN_CORRELATION`, Dice >= :data:`.QC_MIN_DICE` and the
+    brain volume lies in :data:`.QC_BRAIN_VOLUME_ML` (:func:`.passes_qc`; the thresholds are
+    applied on every run, to cached metrics too). Failing scans are left out of the manifest
+    unless ``include_failed_qc``.
 
     Scans are processed in ``workers`` processes with one SimpleITK thread each (so outputs
-    do not depend on ``workers``).
-    A rerun skips a scan whose outputs exist and whose sidecar records the same input
-    hashes and parameters.
+    do not depend on ``workers``). A rerun skips a scan whose outputs exist and whose sidecar
+    records the same input hashes and parameters.
 
     Args:
         t1_dir: folder of ``IXI<ID>-<SITE>-<N>_T1.nii.gz`` files.
@@ -272,7 +218,7 @@ def import_ixi(
     if not t1_dir.is_dir():
         raise FileNotFoundError(f"T1 folder not found: {t1_dir}")
     if mask_dir is not None and not mask_dir.is_dir():
-        raise FileNotFoundError(f"mask folder not found: {mask_dir} (leave it out to use the template fallback)")
+        raise FileNotFoundError(f"mask folder not found: {mask_dir} (leave it out to skull strip with deepbet)")
     table = read_demographics(demographics)
     report = ImportReport(
         out_dir=str(out_dir), manifest=str(out_dir / "manifest.csv"), include_failed_qc=include_failed_qc
@@ -285,12 +231,25 @@ def import_ixi(
             raise ValueError(f"max_subjects must be >= 1 or None, got {max_subjects}")
         scans = dict(sorted(scans.items())[:max_subjects])
 
-    jobs = _plan(scans, table, mask_dir, out_dir, float(spacing), report)
-    records = _run(jobs, workers, progress, report)
-    write_qc_table(records, out_dir / "qc.csv")
-    manifest = _manifest(jobs, records, table, include_failed_qc, report)
-    report.n_imported = len(manifest)
+    from brainage_core.prepare import prepare_scans  # deepbet and SimpleITK only when scans are imported
+
+    rows = _rows(scans, table, mask_dir, report)
+    prepared = prepare_scans(
+        rows,
+        out_dir,
+        workers=workers,
+        progress=progress,
+        spacing=spacing,
+        include_failed_qc=include_failed_qc,
+        finish_manifest=_with_folds,
+    )
+    report.n_processed, report.n_cached, report.n_imported = (
+        prepared.n_processed,
+        prepared.n_cached,
+        prepared.n_prepared,
+    )
+    report.corrupt, report.failed, report.qc_failed = prepared.corrupt, prepared.failed, prepared.qc_failed
     report.seconds = round(time.perf_counter() - start, 1)
+    claim(out_dir, ["import_report.json"])
     write_json(out_dir / "import_report.json", asdict(report))
-    write_manifest(manifest, out_dir / "manifest.csv")
     return report

@@ -1,11 +1,11 @@
-"""Registration QC of the IXI import: overlap with the template, pass/fail thresholds, figures and ``qc.csv``.
+"""Registration QC of prepared scans: overlap with the template, pass/fail thresholds, figures and ``qc.csv``.
 
 Every processed scan gets a QC record (:func:`scan_qc`): ``correlation`` with the template T1
 and ``dice`` with the template brain mask (:func:`qc_metrics`), ``mattes_mi`` (final
 registration metric, negative mutual information), ``brain_volume_ml`` (native mask) and
 ``affine_scale`` (cube root of the affine's determinant: scan size relative to the template).
-:func:`passes_qc` applies the thresholds below, :func:`save_qc_figure` draws three slices with
-the template brain outline, and :func:`write_qc_table` writes ``qc.csv``.
+:func:`passes_qc` applies the thresholds below and :func:`save_qc_figure` draws three slices with
+the template brain outline (:mod:`brainage_core.prepare` writes them into ``qc.csv`` and ``qc.html``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 from matplotlib.figure import Figure
 
@@ -24,14 +23,12 @@ from brainage_core.fileio import atomic_path
 
 __all__ = [
     "QC_BRAIN_VOLUME_ML",
-    "QC_COLUMNS",
     "QC_MIN_CORRELATION",
     "QC_MIN_DICE",
     "passes_qc",
     "qc_metrics",
     "save_qc_figure",
     "scan_qc",
-    "write_qc_table",
 ]
 
 # QC thresholds (see import_ixi). On the 145 labelled IXI scans: Dice 0.951-0.971 and
@@ -42,7 +39,6 @@ __all__ = [
 QC_MIN_CORRELATION = 0.40  # Pearson correlation with the template inside its brain mask
 QC_MIN_DICE = 0.93  # registered brain mask vs template brain mask
 QC_BRAIN_VOLUME_ML: tuple[float, float] = (900.0, 2300.0)  # native mask volume (DLMUSE: 1076-1845 ml)
-QC_COLUMNS = ("subject_id", "mrid", "correlation", "dice", "mattes_mi", "brain_volume_ml", "affine_scale", "qc_pass")
 
 
 class NamedScan(Protocol):
@@ -122,7 +118,11 @@ def passes_qc(qc: Mapping[str, Any]) -> bool:
 
 
 def save_qc_figure(path: Path, image: np.ndarray, template: Template, qc: dict[str, object]) -> None:
-    """Save three orthogonal slices of ``image`` ([Z, Y, X], RAS) with the template brain outline, titled with ``qc``."""
+    """Save three orthogonal slices of ``image`` ([Z, Y, X], RAS) with the template brain outline, titled with ``qc``.
+
+    Pass the registered whole scan (skull included): the outline then shows how the brain sits
+    in the template's brain region.
+    """
     template_mask = sitk.GetArrayFromImage(template.mask) > 0
     title = f"{qc['mrid']}  r={qc['correlation']:.3f}  Dice={qc['dice']:.3f}  brain {qc['brain_volume_ml']:.0f} ml"
     centre = [round(c) for c in np.argwhere(template_mask).mean(axis=0)]
@@ -141,12 +141,3 @@ def save_qc_figure(path: Path, image: np.ndarray, template: Template, qc: dict[s
     figure.suptitle(title, fontsize=10)
     with atomic_path(path, suffix=".png") as temp:
         figure.savefig(temp, dpi=100)
-
-
-def write_qc_table(records: dict[str, dict[str, object]], path: Path) -> None:
-    """Write the QC records (by subject, sorted) with their ``qc_pass`` as a CSV of :data:`QC_COLUMNS`."""
-    frame = pd.DataFrame(
-        [{**records[key], "qc_pass": passes_qc(records[key])} for key in sorted(records)], columns=QC_COLUMNS
-    )
-    with atomic_path(path, suffix=".csv") as temp:
-        frame.to_csv(temp, index=False)

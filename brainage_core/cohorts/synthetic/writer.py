@@ -47,6 +47,7 @@ _SUBJECT_DIRS = {
     "mask": ("masks", "_mask.nii.gz"),
     "effect_map": ("effects", "_effect.nii.gz"),
 }
+PREPARATION = "synthetic-phantom"  # the manifest's 'preparation': models trained on it refuse real scans
 _TOP_FILES = ("manifest.csv", "ground_truth.csv", "cohort.json")
 
 
@@ -238,11 +239,12 @@ def generate_cohort(
             "group": subject.group,
             "site": subject.site,
             "split": split,
+            "preparation": PREPARATION,
         }
         truth_columns = {"true_gap": subject.true_gap, "effect_map": paths["effect_map"]}
         rows.append(common | {"mask": paths["mask"]} | scores | truth_columns)
         truth.append(
-            {key: value for key, value in common.items() if key != "image"}
+            {key: value for key, value in common.items() if key not in ("image", "preparation")}
             | scores
             | {"true_gap": subject.true_gap, "biological_age": subject.biological_age, "severity": subject.severity}
             | {"head_scale": subject.head_scale}
