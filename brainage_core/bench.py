@@ -1,4 +1,4 @@
-"""Benchmarks behind ``brainage bench``: loss speed, training throughput, memory.
+"""Benchmarks behind ``brainage bench``: loss speed, training throughput, preparation of raw scans, memory.
 
 Results are a JSON document (``bench/results.json`` by default) that the book's performance
 chapter reads. Every figure is measured on the machine that runs the command and carries
@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -33,6 +34,7 @@ from brainage_core.models import build_model
 
 __all__ = [
     "bench_augmentation",
+    "bench_prepare",
     "bench_rnc_loss",
     "bench_training_throughput",
     "machine_description",
@@ -320,8 +322,48 @@ def bench_augmentation(
     return rows
 
 
+def bench_prepare(raw_scans: Sequence[str | Path]) -> dict[str, Any]:
+    """Seconds per scan of each step of ``brainage prepare`` (deepbet, N4, registration, ...).
+
+    The scans are prepared from scratch (an empty temporary folder, so nothing is cached) by
+    one worker process, one at a time, so every step gets one core and the steps' times add up
+    to the time per scan; with ``W`` workers on ``W`` cores, scans go ``W`` times as fast.
+
+    Args:
+        raw_scans: raw T1 files with skull (e.g. a few shared IXI scans).
+
+    Returns:
+        ``n_scans``, ``median_s`` (step -> median seconds per scan, with ``total``) and
+        ``per_scan`` (one dict per scan: ``scan_id`` and the seconds of each step).
+    """
+    import pandas as pd
+
+    from brainage_core.prepare import prepare_scans
+
+    rows = [
+        {"subject_id": f"scan{index}", "image": str(Path(scan).resolve()), "age": 50.0, "sex": "F", "group": "CN"}
+        for index, scan in enumerate(raw_scans)
+    ]  # age and sex are required by the manifest, and unused here
+    with tempfile.TemporaryDirectory(prefix="brainage-bench-prepare-") as folder:
+        report = prepare_scans(rows, folder, workers=1, progress=False, include_failed_qc=True)
+        if report.corrupt or report.failed:
+            raise ValueError("; ".join(report.corrupt + report.failed))
+        seconds = pd.read_csv(Path(folder) / "qc.csv").set_index("scan_id").filter(like="seconds_")
+    seconds.columns = [column.removeprefix("seconds_") for column in seconds.columns]
+    seconds["total"] = seconds.sum(axis=1)
+    return {
+        "n_scans": len(seconds),
+        "median_s": seconds.median().round(2).to_dict(),
+        "per_scan": seconds.round(2).reset_index().to_dict("records"),
+    }
+
+
 def run_benchmarks(
-    out: str | Path, config: RunConfig | None = None, quick: bool = False, loop_max_batch: int = 512
+    out: str | Path,
+    config: RunConfig | None = None,
+    quick: bool = False,
+    loop_max_batch: int = 512,
+    raw_scans: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Run every benchmark and write the results as JSON.
 
@@ -332,6 +374,8 @@ def run_benchmarks(
         quick: smaller sizes and fewer repeats (for tests and smoke runs).
         loop_max_batch: largest batch at which the loop formulation is timed. Its autograd graph
             grows as O(B^3): about 7 GB of memory at B=512, an eighth of that at 256.
+        raw_scans: raw T1 files to time ``brainage prepare`` on (:func:`bench_prepare`); none:
+            ``prepare`` is ``None`` in the results.
 
     Returns:
         The results written.
@@ -360,6 +404,7 @@ def run_benchmarks(
         "rnc_loss_speedup_at_largest_loop_batch": speedups[-1] if speedups else None,
         "training_throughput": throughput,
         "augmentation_ms_per_view": augmentation,
+        "prepare": bench_prepare(raw_scans) if raw_scans else None,
         "peak_rss_mb": peak_rss_mb(),
         "quick": quick,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

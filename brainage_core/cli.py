@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from brainage_core.cli_predict import add_predict
 from brainage_core.cli_prepare import add_prepare
 
 __all__ = ["build_parser", "main"]
@@ -101,14 +102,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from brainage_core.inference import predict
-
-    result = predict(args.run, args.manifest, args.out, device=args.device, progress=not args.quiet)
-    print(f"wrote {args.out} ({len(result)} scans)")
-    return 0
-
-
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -116,13 +109,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
 
     config = load_config(args.config, args.set or [])
-    results = run_benchmarks(args.out, config=config, quick=args.quick)
+    results = run_benchmarks(args.out, config=config, quick=args.quick, raw_scans=args.raw_t1 or ())
     summary = {
         "rnc_loss_speedup_at_largest_loop_batch": results["rnc_loss_speedup_at_largest_loop_batch"],
         "training_throughput": [
             {k: row[k] for k in ("loss", "pipeline_samples_per_s", "model_only_samples_per_s", "overhead")}
             for row in results["training_throughput"]
         ],
+        "prepare_median_s_per_scan": (results["prepare"] or {}).get("median_s"),
         "peak_rss_mb": results["peak_rss_mb"],
     }
     print(json.dumps(summary, indent=2))
@@ -243,19 +237,6 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_train)
 
-    predict = subparsers.add_parser(
-        "predict",
-        help="predict brain age for the scans of a manifest with a trained run",
-        description="Predict brain age for every scan of a manifest with the model of a finished run directory; "
-        "writes subject_id, age, ..., predicted_age, brain_age_gap.",
-    )
-    predict.add_argument("--run", required=True, type=Path, help="a finished run directory")
-    predict.add_argument("--manifest", required=True, type=Path, help="manifest of the scans to predict")
-    predict.add_argument("--out", required=True, type=Path, help="output CSV")
-    predict.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    predict.add_argument("--quiet", action="store_true", help="no progress bar")
-    predict.set_defaults(handler=_cmd_predict)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``brainage`` command and all its subcommands."""
@@ -284,12 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(subparsers)
     ixi = subparsers.add_parser(
         "import-ixi",
-        help="import IXI T1 scans: skull strip, N4, affine to MNI, QC, manifest with 5 folds",
+        help="import IXI T1 scans: IXI names and demographics, then 'brainage prepare', manifest with 5 folds",
         description="Import IXI-style T1 scans (IXI<ID>-<SITE>-<N>_T1.nii.gz) with their demographics (IXI.xls or "
-        "participants.csv): reorient, skull strip (brain masks from --mask-dir, else a template-based fallback), N4 "
-        "bias correction, affine registration to the MNI ICBM152 2009a template (SimpleITK), QC figures and table, "
-        "and a manifest with subject-level folds. Subjects without age, missing or corrupt files are reported, "
-        "never guessed; reruns reuse finished subjects.",
+        "participants.csv) through 'brainage prepare': reorient, skull strip (brain masks from --mask-dir, whose "
+        "labels are also carried to MNI space; else deepbet), N4 bias correction, affine registration to the MNI "
+        "ICBM152 2009a template (SimpleITK), QC figures, qc.csv and qc.html, and a manifest with age-stratified "
+        "folds. Subjects without age, missing or corrupt files are reported, never guessed; reruns reuse finished "
+        "subjects.",
     )
     ixi.add_argument("--t1-dir", required=True, type=Path, help="folder of IXI T1 NIfTI files")
     ixi.add_argument("--demographics", required=True, type=Path, help="IXI.xls or participants.csv (MRID, Age, Sex)")
@@ -303,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     ixi.add_argument("--quiet", action="store_true", help="no progress bar")
     ixi.set_defaults(handler=_cmd_import_ixi)
     add_prepare(subparsers)
+    add_predict(subparsers)
 
     _add_train(subparsers)
 
@@ -365,9 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = subparsers.add_parser(
         "bench",
-        help="benchmark the RNC loss, training throughput and memory; write JSON",
+        help="benchmark the RNC loss, training throughput, preparation of raw scans and memory; write JSON",
         description="Measure the RNC loss (fast vs loop formulation, B=32..1024), training samples/s of the "
-        "configured model through the data pipeline vs a model-only step, and peak memory. Writes JSON.",
+        "configured model through the data pipeline vs a model-only step, the seconds per scan of each step of "
+        "'brainage prepare' (with --raw-t1) and peak memory. Writes JSON.",
     )
     bench.add_argument(
         "--out", type=Path, default=Path("bench/results.json"), help="output JSON (default bench/results.json)"
@@ -375,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", type=Path, help="YAML run config to measure (default: built-in defaults)")
     bench.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. num_workers=2")
     bench.add_argument("--quick", action="store_true", help="small sizes, for smoke tests")
+    bench.add_argument(
+        "--raw-t1", nargs="+", type=Path, metavar="FILE", help="raw T1 scans (with skull) to time brainage prepare on"
+    )
     bench.set_defaults(handler=_cmd_bench)
 
     book = subparsers.add_parser("book", help="run and render the book", description="Run and render the book.")

@@ -26,6 +26,8 @@ __all__ = [
     "loss_timings",
     "machine_summary",
     "pipeline_costs",
+    "prepare_table",
+    "raw_t1_files",
     "run_times",
     "throughput_table",
 ]
@@ -46,6 +48,7 @@ def benchmark_results(
     config: RunConfig,
     quick: bool = False,
     loop_max_batch: int = 512,
+    raw_scans: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """The results of ``brainage bench``: read from ``bench_json``, or (empty) measured now into ``out``.
 
@@ -55,12 +58,25 @@ def benchmark_results(
         config: the training configuration to measure (see :func:`bench_config`).
         quick: smaller sizes and fewer repeats.
         loop_max_batch: largest batch at which the loop formulation of RNC is timed.
+        raw_scans: raw T1 files to time ``brainage prepare`` on (see :func:`raw_t1_files`).
     """
     if str(bench_json):
         return json.loads(Path(bench_json).read_text())
     from brainage_core.bench import run_benchmarks
 
-    return run_benchmarks(Path(out), config=config, quick=quick, loop_max_batch=loop_max_batch)
+    return run_benchmarks(Path(out), config=config, quick=quick, loop_max_batch=loop_max_batch, raw_scans=raw_scans)
+
+
+def raw_t1_files(folder: str | os.PathLike[str], n: int) -> list[Path]:
+    """The first ``n`` NIfTI files of ``folder`` by name (none when the folder is absent or ``n`` is 0)."""
+    path = Path(folder)
+    return sorted(path.glob("*.nii*"))[:n] if path.is_dir() and n > 0 else []
+
+
+def prepare_table(results: dict[str, Any]) -> pd.Series | None:
+    """Median seconds per scan of each step of ``brainage prepare`` and ``total``; ``None`` if not measured."""
+    prepare = results.get("prepare")
+    return None if not prepare else pd.Series(prepare["median_s"]).rename_axis("step")
 
 
 def machine_summary(machine: dict[str, Any]) -> str:
