@@ -23,10 +23,9 @@ def describe_scan(row: pd.Series) -> str:
         f"(interval {row['interval_low']:.1f} to {row['interval_high']:.1f})"
     )
     if not math.isnan(row["brain_age_gap"]):
-        line += (
-            f"; age {row['age']:.1f} y, gap {row['brain_age_gap']:+.1f} y, "
-            f"bias-corrected gap {row['brain_age_gap_corrected']:+.1f} y"
-        )
+        line += f"; age {row['age']:.1f} y, gap {row['brain_age_gap']:+.1f} y"
+        if not math.isnan(row["brain_age_gap_corrected"]):
+            line += f", bias-corrected gap {row['brain_age_gap_corrected']:+.1f} y"
     return line
 
 
@@ -61,6 +60,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for _, row in result.iterrows():
             print(describe_scan(row))
     print(interval.describe())
+    for note in result.attrs.get("notes", []):
+        print(f"note: {note}")
     return 0
 
 

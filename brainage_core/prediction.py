@@ -79,6 +79,8 @@ class ConformalInterval:
 
     def describe(self) -> str:
         """One sentence for the terminal and the book."""
+        if self.n_calibration == 0:
+            return f"no interval: the run has no {HEALTHY_GROUP} validation rows to calibrate it on"
         coverage = (
             f"covers {self.test_coverage:.0%} of the run's {self.n_test} healthy test scans"
             if self.n_test
@@ -93,18 +95,20 @@ class ConformalInterval:
 def conformal_interval(run_predictions: pd.DataFrame, level: float = INTERVAL_LEVEL) -> ConformalInterval:
     """The split-conformal interval of a run, from its ``predictions.csv`` (see the module docstring).
 
+    A run without healthy validation rows gets a NaN half-width (``n_calibration`` 0).
+
     Raises:
-        ValueError: ``level`` outside (0, 1), or no healthy validation rows.
+        ValueError: ``level`` outside (0, 1).
     """
     if not 0 < level < 1:
         raise ValueError(f"interval level must be between 0 and 1; got {level}")
     healthy = run_predictions[run_predictions["group"] == HEALTHY_GROUP]
     errors = lambda rows: (rows["predicted_age"] - rows["age"]).abs().to_numpy()  # noqa: E731
     calibration = np.sort(errors(healthy[healthy["split"] == "val"]))
-    if calibration.size == 0:
-        raise ValueError(f"the run has no {HEALTHY_GROUP} validation rows to calibrate the interval on")
     rank = math.ceil((calibration.size + 1) * level)
-    half_width = float(calibration[rank - 1]) if rank <= calibration.size else math.inf
+    half_width = (
+        math.nan if calibration.size == 0 else float(calibration[rank - 1]) if rank <= calibration.size else math.inf
+    )
     test = errors(healthy[healthy["split"] == "test"])
     coverage = float(np.mean(test <= half_width)) if test.size else math.nan
     return ConformalInterval(level, half_width, int(calibration.size), coverage, int(test.size))
@@ -225,7 +229,9 @@ def predict_scans(
     Returns:
         The predictions (the carried manifest columns, ``predicted_age``, ``interval_low``,
         ``interval_high``, ``brain_age_gap`` and ``brain_age_gap_corrected``; gaps are NaN
-        without an age) and the interval.
+        without an age, the corrected gap also when the run's correction cannot be fitted, the
+        interval when the run has no healthy validation rows; ``attrs["notes"]`` says which) and
+        the interval.
 
     Raises:
         PreparationMismatchError: the scans were prepared otherwise than the run's.
@@ -248,10 +254,16 @@ def predict_scans(
     result["interval_low"] = result["predicted_age"] - interval.half_width
     result["interval_high"] = result["predicted_age"] + interval.half_width
     age = pd.to_numeric(result["age"], errors="coerce")
-    correction = corrected_predictions(run_predictions, method=BIAS_CORRECTION).attrs["bias_correction"]
     result["brain_age_gap"] = result["predicted_age"] - age
-    result["brain_age_gap_corrected"] = correction.apply(age, result["predicted_age"]) - age
-    result.attrs["bias_correction"] = correction
+    result.attrs["notes"] = []
+    try:
+        correction = corrected_predictions(run_predictions, method=BIAS_CORRECTION).attrs["bias_correction"]
+    except ValueError as error:  # e.g. an untrained model whose predictions do not rise with age
+        result["brain_age_gap_corrected"] = math.nan
+        result.attrs["notes"].append(f"no bias-corrected gap: the run's age-bias correction cannot be fitted ({error})")
+    else:
+        result["brain_age_gap_corrected"] = correction.apply(age, result["predicted_age"]) - age
+        result.attrs["bias_correction"] = correction
     return result, interval
 
 

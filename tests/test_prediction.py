@@ -135,3 +135,20 @@ def test_a_bids_demo_from_ixi_holds_the_scans_and_the_missing_age(tmp_path: Path
     assert len(found.problems) == 1 and "sub-IXI013" in found.problems[0] and "age" in found.problems[0]
     copied = root / "sub-IXI012/anat/sub-IXI012_T1w.nii.gz"
     assert copied.read_bytes() == (IXI_DIR / "t1" / "IXI012-HH-1211_T1.nii.gz").read_bytes()
+
+
+def test_a_run_whose_bias_correction_cannot_be_fitted_still_predicts(
+    prepared_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, manifest = prepared_run
+    broken = Path(shutil.copytree(run, tmp_path / "run"))
+    stored = pd.read_csv(broken / "predictions.csv")
+    val = stored["split"] == "val"
+    stored.loc[val, "predicted_age"] = 100.0 - stored.loc[val, "age"]  # predictions that fall with age
+    stored.to_csv(broken / "predictions.csv", index=False)
+    result, _ = predict_scans(broken, manifest, device="cpu", progress=False)
+    assert result["brain_age_gap_corrected"].isna().all() and result["brain_age_gap"].notna().all()
+    assert "no bias-corrected gap" in result.attrs["notes"][0] and "slope" in result.attrs["notes"][0]
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--quiet", "--run", str(broken), "--manifest", str(manifest), "--out", str(out)]) == 0
+    assert "note: no bias-corrected gap" in capsys.readouterr().out

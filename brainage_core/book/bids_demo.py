@@ -18,7 +18,12 @@ from brainage_core.fileio import atomic_path, write_json
 from brainage_core.ownership import claim
 from brainage_core.rundir import read_predictions
 
-__all__ = ["bids_from_ixi", "held_out_subjects"]
+__all__ = ["bids_from_ixi", "held_out_subjects", "without_folder"]
+
+
+def without_folder(text: str, folder: str | os.PathLike[str]) -> str:
+    """``text`` with the absolute path of ``folder`` (and its separator) removed, for display."""
+    return text.replace(f"{Path(folder).resolve()}{os.sep}", "")
 
 
 def held_out_subjects(run_dir: str | os.PathLike[str], n: int) -> list[str]:
