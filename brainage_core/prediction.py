@@ -250,7 +250,7 @@ def predict_scans(
     model, config = load_model(run_dir, str(torch_device))
     volumes, _ = load_manifest_volumes(frame, config.data, progress=progress)
     result = frame[[c for c in CARRIED_COLUMNS if c in frame.columns]].copy()
-    result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy()
+    result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy().astype(float)
     result["interval_low"] = result["predicted_age"] - interval.half_width
     result["interval_high"] = result["predicted_age"] + interval.half_width
     age = pd.to_numeric(result["age"], errors="coerce")
