@@ -1,6 +1,6 @@
 """Brain age of new scans with a trained run: prepared or raw scans in, ages, gaps and intervals out.
 
-:func:`predict` is what ``brainage predict`` runs. It adds three things to the network's output
+:func:`predict_scans` is what ``brainage predict`` runs. It adds three things to the network's output
 (:func:`brainage_core.inference.predict_ages`):
 
 * **The same preparation as in training.** Every manifest row may name its ``preparation``
@@ -34,7 +34,6 @@ import pandas as pd
 
 from brainage_core.analysis.metrics import BIAS_CORRECTION, HEALTHY_GROUP, corrected_predictions
 from brainage_core.data import load_manifest_volumes
-from brainage_core.fileio import atomic_path
 from brainage_core.imaging import default_cache_dir
 from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.manifest import PREPARATION_COLUMN, read_manifest, read_manifest_table
@@ -45,7 +44,6 @@ __all__ = [
     "ConformalInterval",
     "PreparationMismatchError",
     "conformal_interval",
-    "predict",
     "predict_scans",
     "run_preparations",
 ]
@@ -265,20 +263,3 @@ def predict_scans(
         result["brain_age_gap_corrected"] = correction.apply(age, result["predicted_age"]) - age
         result.attrs["bias_correction"] = correction
     return result, interval
-
-
-def predict(
-    run_dir: str | os.PathLike[str],
-    manifest: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    device: str = "auto",
-    progress: bool = True,
-    prepared_cache: str | os.PathLike[str] | None = None,
-) -> pd.DataFrame:
-    """:func:`predict_scans` for a manifest, written to the CSV ``out`` (not the manifest itself)."""
-    if Path(out).expanduser().resolve() == Path(manifest).expanduser().resolve():
-        raise ValueError(f"--out {out} is the manifest itself; write the predictions to another file")
-    result, _ = predict_scans(run_dir, manifest, device=device, progress=progress, prepared_cache=prepared_cache)
-    with atomic_path(out, suffix=".csv") as temp:
-        result.to_csv(temp, index=False)
-    return result

@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from brainage_core.cohorts.ixi.qc import save_qc_figure, scan_qc
+from brainage_core.cohorts.ixi.qc import dice, save_qc_figure, scan_qc
 from brainage_core.cohorts.ixi.registration import (
     SEED,
     CorruptImageError,
@@ -67,7 +67,6 @@ __all__ = [
     "PrepareJob",
     "cached_qc",
     "deepbet_mask",
-    "dice",
     "init_worker",
     "process_scan",
     "run_job",
@@ -128,14 +127,6 @@ class PrepareJob:
         if self.mask is None:
             parameters["deepbet"] = {"version": version("deepbet"), "threshold": DEEPBET_THRESHOLD}
         return parameters
-
-
-def dice(first: sitk.Image, second: sitk.Image) -> float:
-    """Dice overlap of two binary masks on the same grid (voxels > 0)."""
-    a = sitk.GetArrayViewFromImage(first) > 0
-    b = sitk.GetArrayViewFromImage(second) > 0
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float((a & b).sum()) / total if total else 1.0
 
 
 @contextmanager
@@ -237,7 +228,9 @@ def process_scan(job: PrepareJob) -> dict[str, object]:
         image_array = sitk.GetArrayFromImage(image)  # [Z, Y, X]
         qc = scan_qc(job, image_array, sitk.GetArrayFromImage(brain_mask), native_mask, transform, metric, template)
         if labels is not None:
-            qc["reference_dice"] = round(dice(native_mask, labels), 4)
+            qc["reference_dice"] = round(
+                dice(sitk.GetArrayViewFromImage(native_mask), sitk.GetArrayViewFromImage(labels)), 4
+            )
         save_qc_figure(job.outputs["qc_figure"], sitk.GetArrayFromImage(registered_head), template, qc)
     qc.update({f"seconds_{step}": round(seconds[step], 2) for step in STEPS})
     write_json(

@@ -25,6 +25,7 @@ __all__ = [
     "QC_BRAIN_VOLUME_ML",
     "QC_MIN_CORRELATION",
     "QC_MIN_DICE",
+    "dice",
     "passes_qc",
     "qc_metrics",
     "save_qc_figure",
@@ -55,6 +56,12 @@ class NamedScan(Protocol):
     def mrid(self) -> str: ...
 
 
+def dice(first: np.ndarray, second: np.ndarray) -> float:
+    """Dice overlap of two masks of the same shape (nonzero voxels); 0 when both are empty."""
+    first, second = first > 0, second > 0
+    return float(2.0 * np.logical_and(first, second).sum() / max(1, first.sum() + second.sum()))
+
+
 def qc_metrics(image: np.ndarray, mask: np.ndarray, template: Template) -> dict[str, float]:
     """Registration QC of a scan on the template grid.
 
@@ -69,10 +76,9 @@ def qc_metrics(image: np.ndarray, mask: np.ndarray, template: Template) -> dict[
     """
     inside = sitk.GetArrayViewFromImage(template.mask) > 0
     reference = sitk.GetArrayViewFromImage(template.brain)
-    mask = mask > 0
     return {
         "correlation": float(np.corrcoef(image[inside], reference[inside])[0, 1]),
-        "dice": float(2.0 * np.logical_and(mask, inside).sum() / max(1, mask.sum() + inside.sum())),
+        "dice": dice(mask, inside),
     }
 
 
