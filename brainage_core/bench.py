@@ -220,7 +220,7 @@ def bench_training_throughput(
     volumes = torch.rand((n_subjects, 1, *shape), generator=generator).half()
     ages = 20 + 70 * torch.rand(n_subjects, generator=generator)
     contrastive = config.loss.name in CONTRASTIVE_LOSSES
-    n_views = config.loss.n_views if contrastive else 1
+    n_views = config.loss.n_views
     dataset = VolumeDataset(volumes, ages, config.augment, n_views=n_views, seed=seed)
     torch.manual_seed(seed)
     model = build_model(config.model).to(device)

@@ -61,7 +61,9 @@ class LossConfig:
         name: ``rnc``, ``ntxent``, ``supcon``, ``yaware`` (two-stage: contrastive encoder, then a
             linear L1 regressor on frozen features) or ``mse``, ``l1`` (end-to-end regression).
         params: keyword arguments of the loss (e.g. ``{temperature: 2.0}`` for RNC).
-        n_views: augmented views per subject for contrastive losses.
+        n_views: augmented views of each subject per step, for every loss: contrastive losses
+            contrast them, regression losses average over them. Two for all methods gives every
+            method the same forward and backward passes per step (matched compute).
     """
 
     name: str = "rnc"
@@ -74,24 +76,28 @@ class OptimConfig:
     """Optimisation of the network (same budget for every loss in a comparison).
 
     Attributes:
-        epochs: passes over the training set.
-        batch_size: subjects per step (contrastive losses see ``batch_size * n_views`` views).
+        epochs: the most passes over the training set (the cosine schedule spans them); early
+            stopping usually ends a run before (see ``patience``).
+        batch_size: subjects per step (the network sees ``batch_size * loss.n_views`` views).
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate, reached after ``warmup_epochs`` of linear warm-up, then cosine decay.
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
         momentum: SGD momentum.
         warmup_epochs: epochs of linear warm-up.
         patience: stop after this many epochs without a better validation MAE (``None``: never).
+        min_epochs: early stopping never ends a run before this epoch: an end-to-end regressor
+            can sit at the mean age for its first epochs before it starts to learn.
     """
 
-    epochs: int = 12
+    epochs: int = 30
     batch_size: int = 16
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_epochs: int = 1
-    patience: int | None = None
+    patience: int | None = 6
+    min_epochs: int = 10
 
 
 @dataclass
@@ -199,6 +205,7 @@ def config_problems(config: RunConfig) -> list[str]:
     _check_range(problems, "train.momentum", optim.momentum, 0, 1)
     _check_range(problems, "train.warmup_epochs", optim.warmup_epochs, 0)
     _check_range(problems, "train.patience", optim.patience, 1)
+    _check_range(problems, "train.min_epochs", optim.min_epochs, 1)
     if optim.optimizer not in OPTIMIZERS:
         problems.append(f"train.optimizer: unknown optimizer {optim.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     loss = config.loss
@@ -221,6 +228,8 @@ def config_problems(config: RunConfig) -> list[str]:
         _check_range(
             problems, "loss.n_views", loss.n_views, 2, hint=f" ({loss.name} contrasts several views of each scan)"
         )
+    else:
+        _check_range(problems, "loss.n_views", loss.n_views, 1)
     model = config.model
     if model.arch not in ENCODERS:
         problems.append(f"model.arch: unknown architecture {model.arch!r}; use one of {', '.join(sorted(ENCODERS))}")
@@ -233,6 +242,7 @@ def config_problems(config: RunConfig) -> list[str]:
     if len(data.shape) != 3:
         problems.append(f"data.shape: must be three sizes [X, Y, Z], got {list(data.shape)}")
     _check_range(problems, "data.test_fold", data.test_fold, 0)
+    _check_range(problems, "data.train_subjects", data.train_subjects, 2)
     if not data.train_groups:
         problems.append("data.train_groups: must name at least one group (e.g. [CN])")
     augment = config.augment

@@ -135,10 +135,10 @@ def dataclass_from_dict(
             )
         else:
             try:
-                built = _coerce(value, annotation, name)
+                kwargs[f.name] = _coerce(value, annotation, name)  # None too: it may replace a default
             except ValueError as error:
                 problems.append(str(error))
-                continue
+            continue
         if built is not None:
             kwargs[f.name] = built
     required = [f.name for f in fields if _field_default(f) is dataclasses.MISSING]

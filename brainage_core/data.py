@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -28,7 +29,15 @@ from brainage_core.imaging import (
     default_cache_dir,
 )
 
-__all__ = ["DataConfig", "VolumeDataset", "assign_splits", "load_manifest_volumes", "load_volumes", "sample_seed"]
+__all__ = [
+    "DataConfig",
+    "VolumeDataset",
+    "assign_splits",
+    "load_manifest_volumes",
+    "load_volumes",
+    "sample_seed",
+    "training_subset",
+]
 
 
 @dataclass
@@ -47,6 +56,8 @@ class DataConfig:
             rows of fold ``(test_fold + 1) % n_folds`` the validation set, the rest training;
             ``None`` uses the manifest's ``split`` column.
         cache_dir: preprocessing cache folder; ``None`` uses ``$BRAINAGE_CACHE`` or ``~/.cache/brainage``.
+        train_subjects: train on this many of the training scans only (:func:`training_subset`,
+            the same scans for every method and seed; for learning curves); ``None``: all.
     """
 
     manifest: str = ""
@@ -57,6 +68,7 @@ class DataConfig:
     train_groups: tuple[str, ...] = ("CN",)
     test_fold: int | None = None
     cache_dir: str | None = None
+    train_subjects: int | None = None
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(
@@ -100,14 +112,36 @@ def assign_splits(frame: pd.DataFrame, test_fold: int | None = None) -> pd.Serie
     return splits
 
 
+def training_subset(ages: ArrayLike, n: int | None) -> np.ndarray:
+    """Positions of ``n`` training scans spread evenly over the age range (all with ``None``).
+
+    The scans are taken at evenly spaced ranks of age, so a small training set still covers
+    the whole age range and is the same for every method and seed.
+
+    Raises:
+        ValueError: ``n`` exceeds the number of scans.
+    """
+    values = np.asarray(ages, dtype=float)
+    if n is None or n == len(values):
+        return np.arange(len(values))
+    if n > len(values):
+        raise ValueError(f"data.train_subjects={n}, but there are only {len(values)} training scans")
+    order = np.argsort(values, kind="stable")
+    return np.sort(order[np.round(np.linspace(0, len(values) - 1, n)).astype(int)])
+
+
 def load_volumes(
     images: Sequence[str],
     masks: Sequence[str | None],
     config: PreprocessConfig,
     cache: VolumeCache,
     progress: bool = True,
+    rows: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Preprocess (or read from the cache) every scan.
+
+    ``rows`` are the scans' manifest row numbers (1-based) for the error message; by default
+    their positions in ``images``.
 
     Returns:
         ``volumes`` float16 ``[N, 1, X, Y, Z]`` and ``affines`` float64 ``[N, 4, 4]``.
@@ -122,7 +156,7 @@ def load_volumes(
         try:
             volume = cache.load(image, config, mask or None)
         except ImageReadError as error:
-            failures.append(f"  - row {index + 1}: {error}")
+            failures.append(f"  - row {rows[index] if rows is not None else index + 1}: {error}")
             continue
         volumes[index] = volume.as_tensor().half()
         affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
@@ -141,7 +175,8 @@ def load_manifest_volumes(
 
     Args:
         frame: rows of a manifest read by :func:`~brainage_core.manifest.read_manifest`
-            (``image`` and, if present, ``mask`` as absolute paths).
+            (``image`` and, if present, ``mask`` as absolute paths); its index (the manifest's
+            row positions) numbers the rows in error messages.
         config: the run's data settings (preprocessing parameters and cache folder).
         progress: show a progress bar.
 
@@ -150,7 +185,8 @@ def load_manifest_volumes(
     """
     cache = VolumeCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
     masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
-    return load_volumes(frame["image"].tolist(), masks, config.preprocess_config(), cache, progress=progress)
+    rows = [int(label) + 1 for label in frame.index] if pd.api.types.is_integer_dtype(frame.index) else None
+    return load_volumes(frame["image"].tolist(), masks, config.preprocess_config(), cache, progress, rows)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -1,14 +1,18 @@
 """The training engine: one run's model, optimiser, epochs and evaluation (driven by :mod:`brainage_core.train`).
 
 * **Regression** (``loss.name`` ``mse`` or ``l1``): encoder + linear regressor trained end to
-  end on one augmented view per subject, on standardised age.
+  end on standardised age, averaged over ``n_views`` augmented views per subject (two by
+  default: the forward and backward passes of a contrastive step, so compute is matched).
 * **Two-stage contrastive** (``rnc``, ``ntxent``, ``supcon``, ``yaware``): the encoder and
   projection head are trained with the contrastive loss on ``n_views`` augmented views; at each
   evaluation a linear regressor is fitted with L1 on the frozen (un-augmented) encoder features
   of the training set (:func:`fit_linear_probe`).
 
-Both use the same backbone, data, augmentation and epoch budget, and the same batch loss
-(:func:`compute_loss`, also timed by :mod:`brainage_core.bench`). Each epoch's randomness is
+Both use the same backbone, data, augmentation, views per step and epoch budget, and the same
+batch loss (:func:`compute_loss`, also timed by :mod:`brainage_core.bench`). Only the rows a
+run fits on (training and validation scans of the training groups) are loaded before training;
+the test split and the other groups are read once, after the epoch is selected
+(:meth:`Trainer.predict_every_row`). Each epoch's randomness is
 derived from (seed, epoch), so a run resumed from :meth:`Trainer.state` ends with the same
 weights as an uninterrupted one. Under ``torchrun`` each rank takes a slice of every global
 batch and contrastive features are gathered across ranks with gradients
@@ -17,10 +21,11 @@ batch and contrastive features are gathered across ranks with gradients
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +37,8 @@ from tqdm import tqdm
 
 from brainage_core import distributed
 from brainage_core.config import ProbeConfig, RunConfig
-from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes
+from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes, training_subset
+from brainage_core.imaging import ImageReadError
 from brainage_core.inference import extract_features, predict_ages, resolve_device
 from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
 from brainage_core.manifest import read_manifest
@@ -126,8 +132,8 @@ def compute_loss(
         network: :class:`~brainage_core.models.BrainAgeModel`, possibly wrapped in
             ``DistributedDataParallel``.
         loss_fn: a loss of :func:`~brainage_core.losses.build_loss`.
-        views: volumes ``[B, V, 1, X, Y, Z]`` (contrastive, ``V`` views per subject) or
-            ``[B, 1, X, Y, Z]`` (regression).
+        views: volumes ``[B, V, 1, X, Y, Z]`` (``V`` views per subject) or ``[B, 1, X, Y, Z]``
+            (one view, regression only); regression losses average over all views.
         ages: ages in years ``[B]``.
         contrastive: whether ``loss_fn`` is a contrastive loss.
         age_mean: the model's target mean, a 0-d tensor (years).
@@ -147,18 +153,20 @@ def compute_loss(
         features = projections.float().view(batch, n_views, -1)  # features: [B, V, P]
         features, ages = distributed.gather_for_loss(features, ages)
         return loss_fn(features, ages)
+    if views.dim() == 6:  # [B, V, 1, X, Y, Z]: every view is a regression sample of its subject's age
+        ages = ages.repeat_interleave(views.shape[1])
+        views = views.flatten(0, 1)  # views: [B * V, 1, X, Y, Z]
     if channels_last:
         views = views.contiguous(memory_format=torch.channels_last_3d)
-    predicted = network(views)  # predicted: [B] years
+    predicted = network(views)  # predicted: [B * V] years
     return loss_fn((predicted.float() - age_mean) / age_std, (ages - age_mean) / age_std)
 
 
 class Trainer:
     """State and steps of one run; :func:`~brainage_core.train.train` drives it."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, progress: bool):
+    def __init__(self, config: RunConfig, progress: bool = False):
         self.config = config
-        self.run_dir = run_dir
         self.progress = progress
         self.contrastive = config.loss.name in CONTRASTIVE_LOSSES
         if not self.contrastive and config.loss.name not in REGRESSION_LOSSES:
@@ -175,18 +183,24 @@ class Trainer:
 
         self.frame = read_manifest(config.data.manifest)
         self.frame["split"] = assign_splits(self.frame, config.data.test_fold).to_numpy()
-        self.volumes, _ = load_manifest_volumes(self.frame, config.data, progress=progress and self.rank == 0)
-        self.ages = torch.tensor(self.frame["age"].to_numpy(), dtype=torch.float32)
         in_groups = self.frame["group"].isin(config.data.train_groups).to_numpy()
-        self.train_idx = np.flatnonzero(in_groups & (self.frame["split"] == "train").to_numpy())
-        self.val_idx = np.flatnonzero(in_groups & (self.frame["split"] == "val").to_numpy())
+        split = self.frame["split"].to_numpy()
+        # The rows the run fits on; volumes, ages, train_idx and val_idx index into these.
+        self.fit_rows = np.flatnonzero(in_groups & np.isin(split, ("train", "val")))
+        fit_frame = self.frame.iloc[self.fit_rows]
+        self.volumes, _ = load_manifest_volumes(fit_frame, config.data, progress=progress and self.rank == 0)
+        self.ages = torch.tensor(fit_frame["age"].to_numpy(), dtype=torch.float32)
+        self.train_idx = np.flatnonzero(fit_frame["split"].to_numpy() == "train")
+        self.train_idx = self.train_idx[training_subset(self.ages[self.train_idx].numpy(), config.data.train_subjects)]
+        self.val_idx = np.flatnonzero(fit_frame["split"].to_numpy() == "val")
         if len(self.train_idx) < 2 or len(self.val_idx) < 1:
             raise ValueError(
                 f"{config.data.manifest}: need >= 2 training and >= 1 validation scans of groups "
                 f"{list(config.data.train_groups)}; found {len(self.train_idx)} and {len(self.val_idx)}"
             )
-        n_views = config.loss.n_views if self.contrastive else 1
-        self.dataset = VolumeDataset(self.volumes, self.ages, config.augment, n_views=n_views, seed=config.seed)
+        self.dataset = VolumeDataset(
+            self.volumes, self.ages, config.augment, n_views=config.loss.n_views, seed=config.seed
+        )
 
         torch.manual_seed(config.seed)
         self.model = build_model(config.model)
@@ -203,6 +217,8 @@ class Trainer:
             self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
         self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
         self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
+        # forward + backward passes of one image each, per epoch (the compute a comparison matches)
+        self.passes_per_epoch = self.steps_per_epoch * config.train.batch_size * config.loss.n_views
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),
@@ -286,17 +302,52 @@ class Trainer:
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         return float(np.mean(losses))
 
+    def fit_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
+        """Train one epoch, evaluate it, keep the weights if validation MAE improved.
+
+        Returns:
+            The epoch's row of the history (``epoch``, ``train_loss``, ``train_mae``,
+            ``val_mae``, ``lr``, ``passes``: forward + backward passes of one image so far,
+            ``seconds``) and whether early stopping ends the run (``train.patience`` epochs
+            without improvement, once ``train.min_epochs`` are done).
+        """
+        started = time.perf_counter()
+        train_loss = self.train_epoch(epoch)
+        train_mae, val_mae = self.evaluate()
+        if val_mae < self.best_mae:
+            self.best_mae = val_mae
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_mae": train_mae,
+            "val_mae": val_mae,
+            "lr": float(self.scheduler.get_last_lr()[0]),
+            "passes": self.passes_per_epoch * (epoch + 1),
+            "seconds": time.perf_counter() - started,
+        }
+        self.history.append(row)
+        optim = self.config.train
+        stop = optim.patience is not None and self.epochs_without_improvement >= optim.patience
+        return row, stop and epoch + 1 >= optim.min_epochs
+
+    def _probe(self, train_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The linear probe's ``weight [1, D]`` and ``bias [1]`` on training features ``[N_train, D]``."""
+        return fit_linear_probe(
+            train_features,
+            self.ages[self.train_idx],
+            float(self.model.age_mean),
+            float(self.model.age_std),
+            self.config.probe,
+        )
+
     def evaluate(self) -> tuple[float, float]:
         """Fit the probe (contrastive) and return (train MAE, validation MAE) in years."""
         if self.contrastive:
-            features = extract_features(self.model, self.volumes[self.train_idx], self.device)
-            weight, bias = fit_linear_probe(
-                features,
-                self.ages[self.train_idx],
-                float(self.model.age_mean),
-                float(self.model.age_std),
-                self.config.probe,
-            )
+            weight, bias = self._probe(extract_features(self.model, self.volumes[self.train_idx], self.device))
             with torch.no_grad():
                 self.model.regressor.weight.copy_(weight)
                 self.model.regressor.bias.copy_(bias)
@@ -309,3 +360,34 @@ class Trainer:
             (predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean()
         )
         return train_mae, val_mae
+
+    def predict_every_row(self) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted ages of every manifest row, by the model's head and by a linear probe.
+
+        The rows the run did not fit on (the test split, the other groups) are read here, for the
+        first time, after the epoch is selected. The probe (:func:`fit_linear_probe` on the frozen
+        features of the training rows) reads every encoder out the same way; for contrastive runs
+        it is the model's head.
+
+        Returns:
+            ``head [N]`` and ``probe [N]`` predicted ages in years, in manifest row order.
+        """
+        other_rows = np.setdiff1d(np.arange(len(self.frame)), self.fit_rows)
+        volumes = torch.empty((len(self.frame), *self.volumes.shape[1:]), dtype=self.volumes.dtype)
+        volumes[self.fit_rows] = self.volumes
+        if len(other_rows):
+            try:
+                volumes[other_rows] = load_manifest_volumes(self.frame.iloc[other_rows], self.config.data, False)[0]
+            except ImageReadError as error:
+                raise ImageReadError(
+                    f"training finished, but held-out scans (test split, other groups), read only now, "
+                    f"cannot be used; fix or remove them and resume the run. {error}"
+                ) from None
+        features = extract_features(self.model, volumes, self.device)  # features: [N, D]
+        with torch.no_grad():
+            head = self.model.regress(features.to(self.device)).cpu().numpy()
+        if self.contrastive:
+            return head, head.copy()
+        weight, bias = self._probe(features[self.fit_rows[self.train_idx]])
+        standardised = (features @ weight.T + bias).squeeze(-1)  # standardised: [N]
+        return head, (standardised * self.model.age_std.cpu() + self.model.age_mean.cpu()).numpy()

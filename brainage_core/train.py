@@ -18,10 +18,8 @@ only rank 0 writes files.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +31,7 @@ from brainage_core import distributed
 from brainage_core.config import ConfigError, RunConfig, config_problems
 from brainage_core.engine import Trainer, fit_linear_probe
 from brainage_core.fileio import atomic_path
-from brainage_core.inference import predict_ages, resolve_device
+from brainage_core.inference import resolve_device
 from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
 from brainage_core.rundir import (
     LOCK_FILES,
@@ -154,7 +152,7 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
     handler = _setup_logging(run_dir, distributed.rank())
     finished = False
     try:
-        trainer = Trainer(config, run_dir, progress)
+        trainer = Trainer(config, progress)
         if resume:
             trainer.restore(load_torch_file(checkpoint_path, map_location=trainer.device))
             LOGGER.info("resumed at epoch %d", trainer.start_epoch + 1)
@@ -193,47 +191,28 @@ def _train_locked(config: RunConfig, run_dir: Path, resume: bool, progress: bool
 
 
 def _run_epoch(trainer: Trainer, epoch: int, checkpoint_path: Path, progress: bool, is_main: bool) -> bool:
-    """Train and evaluate one epoch, checkpoint it; return whether early stopping ends the run."""
-    config = trainer.config
-    started = time.perf_counter()
-    train_loss = trainer.train_epoch(epoch)
-    train_mae, val_mae = trainer.evaluate()
-    improved = val_mae < trainer.best_mae
-    if improved:
-        trainer.best_mae = val_mae
-        trainer.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()})
-        trainer.epochs_without_improvement = 0
-    else:
-        trainer.epochs_without_improvement += 1
-    row = {
-        "epoch": epoch + 1,
-        "train_loss": train_loss,
-        "train_mae": train_mae,
-        "val_mae": val_mae,
-        "lr": float(trainer.scheduler.get_last_lr()[0]),
-        "seconds": time.perf_counter() - started,
-    }
-    trainer.history.append(row)
+    """Train and evaluate one epoch, log and checkpoint it; return whether early stopping ends the run."""
+    row, stop = trainer.fit_epoch(epoch)
+    improved = trainer.epochs_without_improvement == 0
     LOGGER.info(
         "epoch %d: loss %.4f train MAE %.2f val MAE %.2f%s",
         epoch + 1,
-        train_loss,
-        train_mae,
-        val_mae,
+        row["train_loss"],
+        row["train_mae"],
+        row["val_mae"],
         " *" if improved else "",
     )
     if progress and is_main:
         tqdm.write(
-            f"epoch {epoch + 1}: loss {train_loss:.4f}  train MAE {train_mae:.2f}  val MAE {val_mae:.2f}{'  *' if improved else ''}"
+            f"epoch {epoch + 1}: loss {row['train_loss']:.4f}  train MAE {row['train_mae']:.2f}  "
+            f"val MAE {row['val_mae']:.2f}{'  *' if improved else ''}"
         )
     if is_main:
         with atomic_path(checkpoint_path, suffix=".pt") as temp:
             torch.save(trainer.state(epoch), temp)
-    patience = config.train.patience
-    if patience is not None and trainer.epochs_without_improvement >= patience:
-        LOGGER.info("early stop: no better validation MAE for %d epochs", patience)
-        return True
-    return False
+    if stop:
+        LOGGER.info("early stop: no better validation MAE for %d epochs", trainer.config.train.patience)
+    return stop
 
 
 def _remove_untrained_run(run_dir: Path, created: bool) -> None:
@@ -248,11 +227,11 @@ def _write_outputs(trainer: Trainer, run_dir: Path) -> None:
     if trainer.best_state is None:  # resumed after the last epoch was checkpointed
         trainer.best_state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(trainer.best_state)
+    predicted, probe = trainer.predict_every_row()  # first: a held-out scan that fails leaves no output
     with atomic_path(run_dir / "model.pt", suffix=".pt") as temp:
         torch.save(trainer.model.state_dict(), temp)
     with atomic_path(run_dir / "metrics.csv", suffix=".csv") as temp:
         pd.DataFrame(trainer.history).to_csv(temp, index=False)
-    predicted = predict_ages(trainer.model, trainer.volumes, trainer.device).numpy()
     columns = [
         c
         for c in (
@@ -273,6 +252,7 @@ def _write_outputs(trainer: Trainer, run_dir: Path) -> None:
     ]
     predictions = trainer.frame[columns].copy()
     predictions["predicted_age"] = predicted
+    predictions["predicted_age_probe"] = probe  # a linear probe on the frozen features, for every method
     predictions["image"] = trainer.frame["image"]
     with atomic_path(run_dir / "predictions.csv", suffix=".csv") as temp:
         predictions.to_csv(temp, index=False)

@@ -208,7 +208,9 @@ def test_bad_mask_is_named_with_what_differs(
 def test_every_bad_scan_of_a_manifest_is_reported_at_once(cohort: Path, tmp_path: Path) -> None:
     frame = pd.read_csv(cohort)
     frame["image"] = [str(cohort.parent / p) for p in frame["image"]]
-    for row, case in ((1, "nan"), (4, "constant")):
+    fitted = frame.index[(frame["group"] == "CN") & frame["split"].isin(["train", "val"])]
+    bad_rows = (int(fitted[1]), int(fitted[4]))
+    for row, case in zip(bad_rows, ("nan", "constant")):
         path = tmp_path / f"{case}.nii.gz"
         BAD_IMAGES[case][0](path)
         frame.loc[row, "image"] = str(path)
@@ -216,13 +218,28 @@ def test_every_bad_scan_of_a_manifest_is_reported_at_once(cohort: Path, tmp_path
     with pytest.raises(OSError) as caught:
         train(load_config(None, overrides(tmp_path / "m.csv", tmp_path / "cache")), tmp_path / "run", progress=False)
     message = str(caught.value)
-    assert (
-        "2 of 15 scans" in message
-        and "row 2" in message
-        and "row 5" in message
-        and "nan.nii.gz" in message
-        and "constant.nii.gz" in message
-    )
+    assert f"2 of {len(fitted)} scans" in message
+    assert f"row {bad_rows[0] + 1}:" in message and f"row {bad_rows[1] + 1}:" in message, "manifest row numbers"
+    assert "nan.nii.gz" in message and "constant.nii.gz" in message
+    assert not (tmp_path / "run").exists(), "nothing is left of a run that never trained"
+
+
+def test_a_bad_test_scan_is_reported_after_training_and_the_run_resumes(cohort: Path, tmp_path: Path) -> None:
+    frame = pd.read_csv(cohort)
+    frame["image"] = [str(cohort.parent / p) for p in frame["image"]]
+    row = int(frame.index[frame["split"] == "test"][0])
+    good = frame.loc[row, "image"]
+    BAD_IMAGES["nan"][0](tmp_path / "nan.nii.gz")
+    frame.loc[row, "image"] = str(tmp_path / "nan.nii.gz")
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    config = load_config(None, overrides(tmp_path / "m.csv", tmp_path / "cache"))
+    with pytest.raises(OSError, match=rf"(?s)training finished, but held-out scans .* row {row + 1}: .*nan.nii.gz"):
+        train(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and not (tmp_path / "run" / "model.pt").exists()
+    (tmp_path / "nan.nii.gz").unlink()
+    (tmp_path / "nan.nii.gz").symlink_to(good)  # the user fixes the scan, then resumes
+    train(config, tmp_path / "run", resume=True, progress=False)
+    assert (tmp_path / "run" / "predictions.csv").is_file()
 
 
 def test_header_claiming_a_billion_voxels_is_refused_before_reading(tmp_path: Path) -> None:
