@@ -78,6 +78,7 @@ def _cmd_import_ixi(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
     from brainage_core.train import train
+    from brainage_core.tuning import apply_tuned
 
     if args.resume and args.config is None:
         # The run's own config, with any --set on top (a changed field is then refused by train).
@@ -86,7 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"cannot resume: {stored} not found; is {args.run_dir} a run directory?")
         config = load_config(stored, args.set or [])
     else:
-        config = load_config(args.config, args.set or [])
+        config = apply_tuned(load_config(args.config, args.set or []), args.tuned)
     try:
         run_dir = train(config, args.run_dir, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -99,6 +100,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print("\nbrainage train: interrupted before the first epoch finished; nothing was kept", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(f"run: {run_dir}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from brainage_core.tuning import tune, write_tuned
+
+    results = []
+    for loss in args.loss:
+        result = tune(loss, args.out, args.trials, args.set or [], args.config, seed=args.seed, storage=args.storage)
+        print(
+            f"{loss}: best validation MAE {result.best_val_mae:.2f} y over {result.n_trials} trials: {' '.join(result.overrides)}"
+        )
+        results.append(result)
+    note = f"brainage tune --trials {args.trials} --seed {args.seed} --set {' '.join(args.set or [])}"
+    print(f"tuned settings: {write_tuned(args.out / 'tuned.yml', results, note=note)}")
     return 0
 
 
@@ -234,8 +250,32 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue from the run directory's checkpoint.pt with the run's own config.yaml (a changed field is refused)",
     )
+    train.add_argument(
+        "--tuned",
+        type=Path,
+        help="tuned.yml of brainage tune: its settings for the loss, where --config/--set keep the default",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=_cmd_train)
+
+    tune = subparsers.add_parser(
+        "tune",
+        help="tune hyperparameters on validation data (an Optuna study per loss)",
+        description="Tune each loss's learning rate, weight decay, batch size, augmentation strength and (contrastive) "
+        "temperature and projection head on validation MAE: an Optuna study per loss, the same number of trials "
+        "each, median pruning, stored in OUT/study.db (a rerun resumes). Test scans are never read. "
+        "Writes OUT/trials_<loss>.csv and OUT/tuned.yml (use it with brainage train --tuned).",
+    )
+    tune.add_argument("--loss", nargs="+", required=True, help="losses to tune, e.g. rnc ntxent mse")
+    tune.add_argument("--trials", type=int, default=8, help="trials per loss (default 8)")
+    tune.add_argument("--out", type=Path, required=True, help="output folder of the studies")
+    tune.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
+    tune.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="base settings of every trial, e.g. data.manifest=m.csv"
+    )
+    tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    tune.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite in OUT)")
+    tune.set_defaults(handler=_cmd_tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

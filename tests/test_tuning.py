@@ -1,0 +1,128 @@
+"""Tuning on validation only, the test split read once at the end, matched compute, the probe readout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from brainage_core.cli import main
+from brainage_core.config import load_config
+from brainage_core.engine import Trainer
+from brainage_core.imaging import VolumeCache
+from brainage_core.manifest import read_manifest
+from brainage_core.train import train
+from brainage_core.tuning import apply_tuned, tune, tuned_overrides
+from tests.conftest import write_tiny_cohort
+from tests.test_train import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=30)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    """Every image the preprocessing reads, with the phase of the run it was read in."""
+    log: list[tuple[str, str]] = []
+    phase = {"now": "setup"}
+    load, fit_epoch, predict = VolumeCache.load, Trainer.fit_epoch, Trainer.predict_every_row
+
+    def spy_load(self, image, *args, **kwargs):
+        log.append((str(Path(image).resolve()), phase["now"]))
+        return load(self, image, *args, **kwargs)
+
+    def spy_fit_epoch(self, epoch):
+        phase["now"] = "training"
+        return fit_epoch(self, epoch)
+
+    def spy_predict(self):
+        phase["now"] = "final"
+        return predict(self)
+
+    monkeypatch.setattr(VolumeCache, "load", spy_load)
+    monkeypatch.setattr(Trainer, "fit_epoch", spy_fit_epoch)
+    monkeypatch.setattr(Trainer, "predict_every_row", spy_predict)
+    yield log
+
+
+def split_images(cohort: Path, split: str) -> set[str]:
+    frame = read_manifest(cohort, check_images="none")
+    return {str(Path(path).resolve()) for path in frame.loc[frame["split"] == split, "image"]}
+
+
+def test_training_reads_the_test_split_once_after_the_last_epoch(
+    cohort: Path, tmp_path: Path, reads: list[tuple[str, str]]
+) -> None:
+    train(load_config(None, tiny_overrides(tmp_path, cohort, "rnc")), tmp_path / "run", progress=False)
+    test = split_images(cohort, "test")
+    assert test, "the fixture cohort has a test split"
+    phases = [phase for path, phase in reads if path in test]
+    assert sorted(phases) == ["final"] * len(test), "each test scan is read exactly once, after selection"
+    assert {phase for path, phase in reads if path not in test} <= {"setup", "final"}
+
+
+def test_tuning_never_reads_a_test_scan(cohort: Path, tmp_path: Path, reads: list[tuple[str, str]]) -> None:
+    base = tiny_overrides(tmp_path, cohort, "mse", epochs=2)
+    result = tune("mse", tmp_path / "tune", n_trials=2, overrides=base)
+    read = {path for path, _ in reads}
+    assert read and not read & split_images(cohort, "test"), "tuning read a test-split scan"
+    assert read & split_images(cohort, "val"), "tuning is scored on the validation scans"
+    assert result.n_trials == 2 and len(result.trials) == 2
+    assert all(not item.startswith(("data.", "loss.name")) for item in result.overrides)
+    assert {"train.lr", "train.batch_size", "augment.rotate_deg"} <= {item.split("=")[0] for item in result.overrides}
+    # a rerun resumes the stored study and only adds what is missing
+    assert tune("mse", tmp_path / "tune", n_trials=2, overrides=base).n_trials == 2
+    assert (tmp_path / "tune" / "trials_mse.csv").is_file()
+
+
+def test_contrastive_search_space_includes_temperature_and_head(cohort: Path, tmp_path: Path) -> None:
+    result = tune("rnc", tmp_path / "tune", n_trials=1, overrides=tiny_overrides(tmp_path, cohort, "rnc", epochs=1))
+    keys = {item.split("=")[0] for item in result.overrides}
+    assert {"loss.params.temperature", "model.projection_dim"} <= keys
+
+
+def test_tuned_settings_apply_where_the_config_keeps_the_default(tmp_path: Path) -> None:
+    tuned = tmp_path / "tuned.yml"
+    tuned.write_text(yaml.safe_dump({"methods": {"mse": {"overrides": ["train.lr=0.0005", "train.batch_size=32"]}}}))
+    config = apply_tuned(load_config(None, ["loss.name=mse", "train.batch_size=8"]), tuned)
+    assert config.train.lr == 0.0005, "a default setting takes the tuned value"
+    assert config.train.batch_size == 8, "an explicit setting wins"
+    rnc = load_config(None, ["loss.name=rnc"])
+    assert apply_tuned(rnc, tuned) == rnc, "a method without an entry keeps its settings"
+    assert apply_tuned(rnc, None) == rnc and tuned_overrides(None, "mse") == []
+    tuned.write_text(yaml.safe_dump({"methods": {"mse": {"overrides": ["loss.params.temperature=2"]}}}))
+    with pytest.raises(ValueError, match=r"loss.params.temperature"):
+        apply_tuned(load_config(None, ["loss.name=mse"]), tuned)
+    tuned.write_text("methods: [1, 2]\n")
+    with pytest.raises(ValueError, match=r"tuned.yml: no 'methods' mapping"):
+        tuned_overrides(tuned, "mse")
+
+
+def test_every_method_gets_the_same_passes_and_a_probe_readout(cohort: Path, tmp_path: Path) -> None:
+    passes = {}
+    for loss in ("rnc", "mse"):
+        run = train(load_config(None, tiny_overrides(tmp_path, cohort, loss)), tmp_path / loss, progress=False)
+        passes[loss] = pd.read_csv(run / "metrics.csv")["passes"].tolist()
+        predictions = pd.read_csv(run / "predictions.csv")
+        assert predictions["predicted_age_probe"].notna().all()
+        if loss == "rnc":  # the contrastive head is the probe
+            assert (predictions["predicted_age_probe"] == predictions["predicted_age"]).all()
+    assert passes["rnc"] == passes["mse"] and passes["mse"][0] > 0
+
+
+def test_tune_cli_rejects_bad_settings_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["tune", "--loss", "mse", "--out", str(tmp_path / "t"), "--set", "train.lr=-1"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "train.lr" in error and "Traceback" not in error
+    assert not (tmp_path / "t").exists(), "nothing is written for a refused tuning"
+
+
+def test_early_stopping_can_be_switched_off() -> None:
+    assert load_config(None, []).train.patience == 6
+    assert load_config(None, ["train.patience=null"]).train.patience is None, "null replaces a default"
