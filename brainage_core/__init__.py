@@ -12,10 +12,12 @@ One module per idea, with data flowing one way (nothing outside ``book/`` import
 * ``manifest`` and ``scan_checks`` validate the data; ``imaging`` and ``data`` turn scans into
   cached, augmented tensors.
 * ``models`` (MONAI 3D ResNet), ``losses`` (RNC and the baselines), ``engine`` (the per-epoch
-  trainer, ``compute_loss``), ``train`` (runs: lock, resume, ownership), ``distributed`` (DDP).
+  trainer, ``compute_loss``), ``train`` (runs: lock, resume, ownership), ``distributed`` (DDP),
+  ``tuning`` (Optuna studies on validation data, the tuned settings file).
 * ``rundir`` is the one reader and writer of a run directory; ``inference`` predicts from it.
 * ``analysis/``: ``metrics`` (bootstrap CIs, age-bias correction), ``evaluation`` (a run's
-  report), ``compare`` (methods and seeds), ``crossval``, ``baseline`` (ridge on volumes),
+  report), ``compare`` (methods and seeds), ``method_tests`` (hierarchical bootstrap of MAE
+  differences, Holm), ``crossval``, ``baseline`` (ridge on volumes),
   ``clinical``, ``correlation``, ``cohort`` (what the phantom contains), ``interpret/`` (Grad-RAM).
 * ``cohorts/``: ``synthetic/`` (the phantom), ``ixi/`` (registration, QC, import), ``template``.
 * ``book/``: ``runspec`` and ``runner`` (papermill batch runs, Jupyter Book), ``workflow``

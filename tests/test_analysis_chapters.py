@@ -27,6 +27,7 @@ from brainage_core.analysis.clinical import (
 from brainage_core.analysis.correlation import correlations
 from brainage_core.analysis.evaluation import evaluate_run
 from brainage_core.analysis.interpret import ground_truth_table, randomization_table, saliency_values
+from brainage_core.analysis.method_tests import method_differences
 from brainage_core.analysis.metrics import corrected_predictions
 from brainage_core.book import gluing
 from brainage_core.ownership import owned_files
@@ -62,33 +63,59 @@ def hand_errors(n_subjects: int = 12) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_format_summary_writes_mean_sd_strings() -> None:
-    table = compare.format_summary(compare.summarise_methods(hand_runs()))
-    assert list(table.columns) == ["MAE", "R2", "r", "n_seeds", "runs_beating_mean_predictor"]
-    assert list(table.index) == ["rnc", "mse"]
-    assert table.loc["rnc", "MAE"] == "2.50 ± 0.71"
-    assert table.loc["rnc", "R2"] == "0.600 ± 0.141"
-    assert table.loc["rnc", "r"] == "0.850 ± 0.071"
-    assert table.loc["mse", "MAE"] == "5.00 ± 0.00"  # one seed: no SD, shown as 0
-    assert table.loc["rnc", "runs_beating_mean_predictor"] == "2 / 2"
-    assert table.loc["mse", "runs_beating_mean_predictor"] == "0 / 1"
-
-
-def test_comparison_values_quote_the_tables() -> None:
+def test_verdict_values_quote_the_differences_table() -> None:
     runs, errors = hand_runs(), hand_errors()
-    summary = compare.summarise_methods(runs)
-    tests = compare.paired_tests(runs, errors, reference="rnc")
-    values = compare.comparison_values(runs, summary, tests, "rnc", n_seeds=2)
-    assert values["reference_mae"] == 2.5 and values["mse_mae"] == 5.0
-    assert values["best_method"] == "RNC" and values["n_seeds"] == 2 and values["n_test"] == 12
-    assert values["mean_predictor"] == compare.mean_predictor_verdict(runs)
+    table = method_differences(errors, "rnc", n_boot=500)
+    values = compare.verdict_values(table, runs, "rnc", {"mse": "MSE"})
+    assert values["reference_mae"] == pytest.approx(errors.loc[errors["method"] == "rnc", "abs_error"].mean())
+    assert values["n_seeds"] == 2 and values["n_test"] == 12
     assert values["mean_predictor"].startswith("2 of 3 runs beat the mean predictor (test MAE 4.00 years); not: MSE")
-    verdict = compare.describe_comparison(tests, "rnc", "mse")
-    assert values["verdict_mse"] == verdict and verdict.startswith("RNC has a 3.00 years lower mean test MAE")
-    assert values["verdicts"] == f"- {verdict}"
-    as_mse = compare.comparison_values(runs, summary, compare.paired_tests(runs, errors, "mse"), "mse", 2)
-    assert "mse_mae" not in as_mse and "verdict_mse" not in as_mse
-    assert as_mse["reference_mae"] == 5.0
+    assert values["verdict_mse"].startswith("RNC has a 2.00 y lower test MAE than MSE")
+    assert values["verdicts"] == f"- {values['verdict_mse']}"
+    assert values["seed_spread"].startswith("RNC SD 0.71 y (range 2.00-3.00, 2 runs)")
+
+
+def test_training_values_name_the_runs_still_improving() -> None:
+    runs = hand_runs().assign(
+        passes_per_epoch=[100, 100, 100], best_epoch=[5, 9, 12], last_epoch=[11, 15, 12], max_epochs=30
+    )
+    runs["stopped_early"] = runs["last_epoch"] < runs["max_epochs"]
+    values = compare.training_values(runs)
+    assert values["passes_sentence"] == "MSE 100, RNC 100: equal for every method."
+    assert values["plateau_sentence"].startswith("2 of 3 runs kept an epoch before their last")
+    assert values["plateau_sentence"].endswith("still improving at the end: MSE seed 0.")
+
+
+def test_recipe_checks_and_learning_curve_values() -> None:
+    trials = pd.DataFrame(
+        {
+            "method": "rnc",
+            "val_mae": [6.0, 7.0, 8.0, 9.0, 6.5, 7.5],
+            "projection_dim": [0, 0, 128, 128, 0, 128],
+            "batch_size": [16, 32, 16, 32, 16, 32],
+            "temperature": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    table = compare.recipe_checks(trials, "rnc").set_index(["choice", "setting"])
+    assert table.loc[("loss on", "encoder features"), "val_mae"] == pytest.approx(6.5)
+    assert table.loc[("batch size", "32"), "trials"] == 3
+    assert (table.xs("temperature")["trials"] == 2).all()
+    curve = pd.DataFrame(
+        {
+            "method": ["rnc", "mse", "ridge", "rnc", "mse", "ridge"],
+            "n_train": [25, 25, 25, 126, 126, 126],
+            "mae": [8.0, 10.0, 7.0, 6.0, 6.5, 5.5],
+            "mae_low": [7.0, 9.1, 6.0, 5.0, 5.5, 4.5],
+            "mae_high": [9.0, 11.0, 8.0, 7.0, 7.5, 6.5],
+        }
+    )
+    values = compare.learning_curve_values(curve, "rnc")
+    assert values["lc_sizes"] == "25, 126"
+    assert "with 25 subjects RIDGE is lowest (7.00 y); RNC's interval is clear of MSE" in values["lc_sentence"]
+    assert (
+        "with 126 subjects RIDGE is lowest (5.50 y); RNC's interval overlaps every other method's"
+        in values["lc_sentence"]
+    )
 
 
 def test_robustness_table_and_values() -> None:
@@ -104,18 +131,18 @@ def test_robustness_table_and_values() -> None:
 
 def test_write_tables_writes_and_claims_three_csvs(tmp_path: Path) -> None:
     runs, errors = hand_runs(), hand_errors()
-    tests = compare.paired_tests(runs, errors)
+    tests = method_differences(errors, "rnc", n_boot=100)
     robustness = pd.DataFrame({"continuity": {"rnc": 0.6, "mse": 0.8}})
     out = tmp_path / "ablation"
-    paths = compare.write_tables(out, runs=runs, tests=tests, robustness=robustness)
-    assert [path.name for path in paths] == ["runs.csv", "paired_tests.csv", "robustness.csv"]
+    paths = compare.write_tables(out, runs=runs, differences=tests, robustness=robustness)
+    assert [path.name for path in paths] == ["runs.csv", "method_differences.csv", "robustness.csv"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "runs.csv"), runs)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "paired_tests.csv"), tests)
+    assert pd.read_csv(out / "method_differences.csv")["method"].tolist() == tests["method"].tolist()
     assert pd.read_csv(out / "robustness.csv", index_col=0)["continuity"].to_dict() == {"rnc": 0.6, "mse": 0.8}
-    assert owned_files(out) == {"runs.csv", "paired_tests.csv", "robustness.csv"}
+    assert owned_files(out) == {"runs.csv", "method_differences.csv", "robustness.csv"}
     assert {path.name for path in out.iterdir()} == {
         "runs.csv",
-        "paired_tests.csv",
+        "method_differences.csv",
         "robustness.csv",
         ".brainage-owned.json",
     }

@@ -15,17 +15,19 @@ from typing import cast
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 from scipy import ndimage as ndi
 from sklearn.feature_selection import VarianceThreshold
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from brainage_core.cohorts.synthetic import image_tissue_volumes
+from brainage_core.data import training_subset
 from brainage_core.manifest import read_manifest
 
-__all__ = ["baseline_age_prediction", "downsampled_voxels"]
+__all__ = ["baseline_age_prediction", "downsampled_voxels", "split_baseline_errors"]
 
 
 def downsampled_voxels(
@@ -55,6 +57,74 @@ def downsampled_voxels(
     if factor > 1.0:
         data = ndi.zoom(ndi.gaussian_filter(data, factor / 2.0), 1.0 / factor, order=1)
     return data.ravel()
+
+
+def _tissue_fractions(pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """CSF / GM / WM fractions of each (image, mask) pair, measured from the image: ``[N, 3]``."""
+    volumes = np.array([list(image_tissue_volumes(image, mask).values()) for image, mask in pairs])
+    return volumes / volumes.sum(axis=1, keepdims=True)
+
+
+def _fraction_ridge() -> Pipeline:
+    """Ridge on the tissue fractions with their squares and products (penalty by leave-one-out CV)."""
+    return make_pipeline(
+        PolynomialFeatures(2, include_bias=False), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15))
+    )
+
+
+def split_baseline_errors(
+    manifest_path: str | os.PathLike[str],
+    groups: Sequence[str] = ("CN",),
+    fit_splits: Sequence[str] = ("train", "val"),
+    train_subjects: int | None = None,
+) -> pd.DataFrame:
+    """Test-split errors of the two baselines every comparison table carries.
+
+    ``ridge``: ridge on tissue fractions measured from the images (as in
+    :func:`baseline_age_prediction`), fitted on the ``fit_splits`` rows; ``mean``: predicting
+    their mean age. Both see exactly the data a deep model sees for training and selection.
+
+    Args:
+        manifest_path: a manifest with ``split`` and ``mask`` on every row.
+        groups: the groups fitted on and evaluated (healthy controls).
+        fit_splits: the splits the baselines are fitted on.
+        train_subjects: fit on this many of those rows only, chosen as a deep run with
+            ``data.train_subjects`` chooses its training scans (:func:`~brainage_core.data.training_subset`).
+
+    Returns:
+        One row per (method, test subject): ``method``, ``seed`` (0), ``subject_id``, ``age``,
+        ``predicted_age``, ``abs_error``, in the form of
+        :func:`~brainage_core.analysis.compare.collect_runs`'s errors.
+    """
+    frame = read_manifest(manifest_path, check_images="exists")
+    if "mask" not in frame.columns or (frame["mask"] == "").any() or "split" not in frame.columns:
+        raise ValueError(f"{manifest_path}: every row needs a 'split' and a brain 'mask' for the baselines")
+    frame = frame[frame["group"].isin(list(groups))]
+    fit, test = frame[frame["split"].isin(list(fit_splits))], frame[frame["split"] == "test"]
+    fit = fit.iloc[training_subset(fit["age"].to_numpy(), train_subjects)]
+    if len(fit) < 5 or test.empty:
+        raise ValueError(f"{manifest_path}: need >= 5 rows to fit and >= 1 test row of groups {list(groups)}")
+    ridge = _fraction_ridge().fit(_tissue_fractions(list(zip(fit["image"], fit["mask"]))), fit["age"])
+    predictions = {
+        "ridge": ridge.predict(_tissue_fractions(list(zip(test["image"], test["mask"])))),
+        "mean": np.full(len(test), fit["age"].mean()),
+    }
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "seed": 0,
+                    "subject_id": test["subject_id"].to_numpy(),
+                    "age": test["age"].to_numpy(dtype=float),
+                    "predicted_age": predicted,
+                    "abs_error": np.abs(predicted - test["age"].to_numpy(dtype=float)),
+                }
+            )
+            for method, predicted in predictions.items()
+        ],
+        ignore_index=True,
+    )
 
 
 def baseline_age_prediction(
@@ -99,11 +169,7 @@ def baseline_age_prediction(
         )
     pairs = list(zip(frame["image"], frame["mask"]))
     if features == "volumes":
-        volumes = np.array([list(image_tissue_volumes(image, mask).values()) for image, mask in pairs])
-        matrix = volumes / volumes.sum(axis=1, keepdims=True)
-        ridge = make_pipeline(
-            PolynomialFeatures(2, include_bias=False), StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15))
-        )
+        matrix, ridge = _tissue_fractions(pairs), _fraction_ridge()
     else:
         matrix = np.stack([downsampled_voxels(image, mask, resolution_mm) for image, mask in pairs])
         # Voxels that barely vary (background, the brain's rim in a few subjects) would dominate

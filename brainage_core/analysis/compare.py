@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +24,25 @@ from brainage_core.fileio import atomic_path
 from brainage_core.inference import extract_features, predict_ages
 from brainage_core.manifest import read_manifest
 from brainage_core.ownership import claim
-from brainage_core.rundir import load_model, read_history, read_predictions
+from brainage_core.rundir import load_model, read_config, read_history, read_predictions
 
 __all__ = [
     "analyse_features",
     "collect_runs",
-    "comparison_values",
-    "describe_comparison",
     "errors_by_age_band",
     "feature_continuity",
-    "format_summary",
     "healthy_test_rows",
+    "learning_curve_values",
     "mean_predictor_verdict",
-    "paired_tests",
+    "probe_errors",
+    "recipe_checks",
     "robustness_table",
     "robustness_values",
     "summarise_methods",
+    "training_table",
+    "training_values",
+    "validation_curves",
+    "verdict_values",
     "write_tables",
 ]
 
@@ -54,35 +57,105 @@ def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> 
 
     Returns:
         ``runs``: one row per run with its test-control metrics (``mae``, ``rmse``, ``r2``,
-        ``pearson_r``, ``spearman_gap_age``), ``mean_predictor_mae`` (the MAE of always
-        predicting the mean age of the run's training controls), selected epoch and training
-        minutes; and
-        ``errors``: one row per (method, seed, test control) with ``age``, ``predicted_age``
-        and ``abs_error``.
+        ``pearson_r``, ``spearman_gap_age``), ``probe_mae`` (the linear probe on frozen
+        features, the same readout for every method; NaN for runs made before it existed),
+        ``mean_predictor_mae`` (the MAE of always predicting the mean age of the run's training
+        controls), the schedule (``best_epoch``, ``last_epoch``, ``max_epochs``,
+        ``stopped_early``: early stopping ended the run before its last scheduled epoch),
+        compute (``passes_per_epoch``, ``passes``: forward + backward passes of one image
+        until the run stopped) and training ``minutes``; and
+        ``errors``: one row per (method, seed, test control) with ``age``, ``predicted_age``,
+        ``abs_error`` and ``probe_abs_error``.
     """
     rows, errors = [], []
     for (method, seed), run_dir in run_dirs.items():
         run_dir = Path(run_dir)
         every_row = read_predictions(run_dir)
         predictions = healthy_test_rows(every_row)
+        probe = predictions.get("predicted_age_probe", pd.Series(np.nan, index=predictions.index))
         training_mean = every_row.loc[(every_row["group"] == "CN") & (every_row["split"] == "train"), "age"].mean()
         history = read_history(run_dir)
+        max_epochs = read_config(run_dir).train.epochs
+        passes = history["passes"] if "passes" in history else pd.Series(np.nan, index=history.index)
         rows.append(
             {
                 "method": method,
                 "seed": seed,
                 **regression_metrics(predictions["age"], predictions["predicted_age"]),
+                "probe_mae": float((probe - predictions["age"]).abs().mean()),
                 "mean_predictor_mae": float((predictions["age"] - training_mean).abs().mean()),
                 "best_epoch": int(history.loc[history["val_mae"].idxmin(), "epoch"]),
+                "last_epoch": int(history["epoch"].max()),
+                "max_epochs": max_epochs,
+                "stopped_early": bool(history["epoch"].max() < max_epochs),
+                "passes_per_epoch": float(passes.iloc[0] / history["epoch"].iloc[0]),
+                "passes": float(passes.iloc[-1]),
                 "minutes": float(history["seconds"].sum() / 60),
             }
         )
         errors.append(
             predictions[["subject_id", "age", "predicted_age"]].assign(
-                method=method, seed=seed, abs_error=(predictions["predicted_age"] - predictions["age"]).abs()
+                method=method,
+                seed=seed,
+                abs_error=(predictions["predicted_age"] - predictions["age"]).abs(),
+                probe_abs_error=(probe - predictions["age"]).abs(),
             )
         )
     return pd.DataFrame(rows), pd.concat(errors, ignore_index=True)
+
+
+def training_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Schedule and compute per method, from :func:`collect_runs`: did every run plateau, at what cost.
+
+    Returns:
+        One row per method: ``runs``, ``passes_per_epoch`` (equal across methods when compute is
+        matched), ``max_epochs``, ``best_epoch`` and ``last_epoch`` (mean over seeds),
+        ``selected_before_last`` and ``stopped_early`` ("k / n" runs), ``passes`` (mean until
+        the run stopped, millions) and ``minutes`` (mean).
+    """
+    grouped = runs.groupby("method")
+    count = grouped.size()
+
+    def share(flags: pd.Series) -> pd.Series:
+        return flags.groupby(runs["method"]).sum().astype(int).astype(str) + " / " + count.astype(str)
+
+    return pd.DataFrame(
+        {
+            "runs": count,
+            "passes_per_epoch": grouped["passes_per_epoch"].first().astype(int),
+            "max_epochs": grouped["max_epochs"].max(),
+            "best_epoch": grouped["best_epoch"].mean().round(1),
+            "last_epoch": grouped["last_epoch"].mean().round(1),
+            "selected_before_last": share(runs["best_epoch"] < runs["last_epoch"]),
+            "stopped_early": share(runs["stopped_early"]),
+            "passes_M": (grouped["passes"].mean() / 1e6).round(3),
+            "minutes": grouped["minutes"].mean().round(2),
+        }
+    )
+
+
+def validation_curves(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> pd.DataFrame:
+    """Every run's history in one table: ``method``, ``seed``, ``epoch``, ``train_mae``, ``val_mae``, ``selected``."""
+    curves = []
+    for (method, seed), run_dir in run_dirs.items():
+        history = read_history(run_dir)[["epoch", "train_mae", "val_mae"]]
+        curves.append(
+            history.assign(
+                method=method, seed=seed, selected=history["epoch"] == history.loc[history["val_mae"].idxmin(), "epoch"]
+            )
+        )
+    return pd.concat(curves, ignore_index=True)
+
+
+def probe_errors(errors: pd.DataFrame, methods: Sequence[str], suffix: str = "+probe") -> pd.DataFrame:
+    """The errors of ``methods`` read out by the linear probe, as methods named ``<method><suffix>``.
+
+    Args:
+        errors: the errors table of :func:`collect_runs` (with ``probe_abs_error``).
+        methods: the methods whose probe readout differs from their own head (end-to-end regression).
+    """
+    chosen = errors[errors["method"].isin(list(methods))]
+    return chosen.assign(method=chosen["method"] + suffix, abs_error=chosen["probe_abs_error"])
 
 
 def summarise_methods(runs: pd.DataFrame, metrics: tuple[str, ...] = ("mae", "r2", "pearson_r")) -> pd.DataFrame:
@@ -97,24 +170,6 @@ def summarise_methods(runs: pd.DataFrame, metrics: tuple[str, ...] = ("mae", "r2
     if "mean_predictor_mae" in runs:
         grouped["beats_mean_predictor"] = (runs["mae"] < runs["mean_predictor_mae"]).groupby(runs["method"]).sum()
     return grouped.sort_values("mae_mean")
-
-
-def format_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """The table of :func:`summarise_methods` for display: "mean ± SD" strings, one row per method.
-
-    Returns:
-        Columns ``MAE`` and ``R2``/``r`` ("mean ± SD" over seeds, 2 and 3 decimals; the SD of a
-        single seed shows as 0), ``n_seeds`` and ``runs_beating_mean_predictor`` ("k / n").
-    """
-
-    def mean_sd(metric: str, decimals: int) -> pd.Series:
-        style = f"{{:.{decimals}f}}".format
-        return summary[f"{metric}_mean"].map(style) + " ± " + summary[f"{metric}_std"].fillna(0).map(style)
-
-    beating = summary["beats_mean_predictor"].astype(int).astype(str) + " / " + summary["n_seeds"].astype(str)
-    return summary.assign(
-        MAE=mean_sd("mae", 2), R2=mean_sd("r2", 3), r=mean_sd("pearson_r", 3), runs_beating_mean_predictor=beating
-    )[["MAE", "R2", "r", "n_seeds", "runs_beating_mean_predictor"]]
 
 
 def mean_predictor_verdict(runs: pd.DataFrame) -> str:
@@ -136,107 +191,124 @@ def mean_predictor_verdict(runs: pd.DataFrame) -> str:
     return f"{len(runs) - len(losing)} of {len(runs)} runs beat the mean predictor (test MAE {level}); not: {names}."
 
 
-def paired_tests(runs: pd.DataFrame, errors: pd.DataFrame, reference: str = "rnc") -> pd.DataFrame:
-    """Each method against ``reference`` with two paired tests.
-
-    * over seeds: paired t-test of the test MAE of runs with the same seed (few pairs; low power);
-    * over subjects: Wilcoxon signed-rank test of each test subject's absolute error, averaged
-      over seeds, between the two methods (same subjects, so the pairing removes between-subject
-      variation).
+def training_values(runs: pd.DataFrame) -> dict[str, str]:
+    """Two sentences on the schedule and compute of the runs (:func:`collect_runs`), as measured.
 
     Returns:
-        One row per other method: ``mae_difference`` (method minus reference, years; positive
-        means the reference is better), ``t_seeds``, ``p_seeds``, ``n_seeds``, ``p_subjects``,
-        ``n_subjects``, ``reference_better_fraction`` (share of subjects with a smaller error
-        under the reference).
+        ``passes_sentence`` (the passes per epoch of each method, and whether they are equal)
+        and ``plateau_sentence`` (how many runs kept an epoch before their last and how many
+        early stopping ended).
     """
-    if reference not in set(runs["method"]):
-        raise ValueError(f"reference method {reference!r} has no runs; methods: {sorted(set(runs['method']))}")
-    by_seed = runs.pivot(index="seed", columns="method", values="mae")
-    by_subject = errors.groupby(["subject_id", "method"])["abs_error"].mean().unstack("method")
-    rows = []
-    for method in (m for m in by_seed.columns if m != reference):
-        seeds = by_seed[[reference, method]].dropna()
-        if len(seeds) >= 2:
-            t_statistic, p_seeds = stats.ttest_rel(seeds[method], seeds[reference])
-        else:
-            t_statistic, p_seeds = np.nan, np.nan
-        subjects = by_subject[[reference, method]].dropna()
-        p_subjects = (
-            float(stats.wilcoxon(subjects[method], subjects[reference]).pvalue) if len(subjects) >= 2 else np.nan
-        )
-        rows.append(
-            {
-                "method": method,
-                "mae_difference": float((seeds[method] - seeds[reference]).mean()),
-                "t_seeds": float(t_statistic),
-                "p_seeds": float(p_seeds),
-                "n_seeds": len(seeds),
-                "p_subjects": p_subjects,
-                "n_subjects": len(subjects),
-                "reference_better_fraction": float((subjects[reference] < subjects[method]).mean()),
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def describe_comparison(tests: pd.DataFrame, reference: str, method: str, alpha: float = 0.05) -> str:
-    """One honest sentence comparing ``reference`` with ``method`` from :func:`paired_tests`.
-
-    The sentence states the direction, the size of the MAE difference, the subject-level
-    Wilcoxon p-value, and whether the difference is significant at ``alpha``; it never claims
-    a win the numbers do not show.
-    """
-    row = tests.set_index("method").loc[method]
-    difference, p_value = float(row["mae_difference"]), float(row["p_subjects"])
-    better, worse = (reference, method) if difference > 0 else (method, reference)
-    size = f"{abs(difference):.2f} years lower mean test MAE"
-    seeds = f"over {int(row['n_seeds'])} seed(s)"
-    if np.isnan(p_value):
-        return f"{better.upper()} has a {size} than {worse.upper()} {seeds}; too few subjects for a paired test."
-    if p_value < alpha:
-        return (
-            f"{better.upper()} has a {size} than {worse.upper()} {seeds}, a significant difference "
-            f"(paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g})."
-        )
-    return (
-        f"{better.upper()} has a {size} than {worse.upper()} {seeds}, but the difference is not "
-        f"significant (paired Wilcoxon over {int(row['n_subjects'])} test subjects, p = {p_value:.2g}): "
-        f"on these data the two cannot be told apart."
+    per_method = runs.groupby("method")["passes_per_epoch"].first()
+    listed = ", ".join(f"{method.upper()} {int(passes):,}" for method, passes in per_method.items())
+    equal = "equal for every method" if per_method.nunique() == 1 else "NOT equal across methods"
+    before_last = int((runs["best_epoch"] < runs["last_epoch"]).sum())
+    stopped = int(runs["stopped_early"].sum())
+    plateau = (
+        f"{before_last} of {len(runs)} runs kept an epoch before their last, and early stopping ended "
+        f"{stopped} of {len(runs)} before the {int(runs['max_epochs'].max())}-epoch limit"
     )
+    if before_last < len(runs):
+        late = runs[runs["best_epoch"] >= runs["last_epoch"]]
+        plateau += "; still improving at the end: " + ", ".join(
+            f"{row.method.upper()} seed {row.seed}" for row in late.itertuples()
+        )
+    return {"passes_sentence": f"{listed}: {equal}.", "plateau_sentence": plateau + "."}
 
 
-def comparison_values(
-    runs: pd.DataFrame, summary: pd.DataFrame, tests: pd.DataFrame, reference: str, n_seeds: int
+def verdict_values(
+    table: pd.DataFrame, runs: pd.DataFrame, reference: str, names: Mapping[str, str] | None = None
 ) -> dict[str, object]:
-    """The accuracy numbers and sentences the ablation chapter quotes.
+    """The numbers and sentences the ablation quotes from :func:`~brainage_core.analysis.method_tests.method_differences`.
+
+    Returns:
+        ``reference_mae``, ``n_seeds`` (most runs of a method), ``n_test``, ``verdicts`` (one
+        Markdown bullet per compared method, :func:`~brainage_core.analysis.method_tests.describe_difference`),
+        ``mean_predictor`` (:func:`mean_predictor_verdict`), ``seed_spread`` (SD and range of
+        the test MAE over each method's runs) and ``verdict_<method>`` for each compared method
+        (``+`` in a name becomes ``_``).
+    """
+    from brainage_core.analysis.method_tests import describe_difference
+
+    indexed = table.set_index("method")
+    compared = [method for method in table["method"] if method != reference]
+    sentences = {method: describe_difference(table, reference, method, dict(names or {})) for method in compared}
+    return {
+        "reference_mae": float(indexed.loc[reference, "mae"]),
+        "n_seeds": int(runs.groupby("method").size().max()),
+        "n_test": int(indexed.loc[reference, "n_subjects"]),
+        "verdicts": "\n".join(f"- {sentence}" for sentence in sentences.values()),
+        "mean_predictor": mean_predictor_verdict(runs),
+        "seed_spread": "; ".join(
+            f"{method.upper()} SD {group['mae'].std():.2f} y (range {group['mae'].min():.2f}-{group['mae'].max():.2f}, "
+            f"{len(group)} runs)"
+            for method, group in runs.groupby("method")
+            if len(group) > 1
+        )
+        or "not measured (one run per method)",
+        **{f"verdict_{method.replace('+', '_')}": sentence for method, sentence in sentences.items()},
+    }
+
+
+def recipe_checks(trials: pd.DataFrame, method: str) -> pd.DataFrame:
+    """Mean best validation MAE of a method's tuning trials per setting of the RNC recipe's choices.
 
     Args:
-        runs: the table of :func:`collect_runs`.
-        summary: :func:`summarise_methods` of ``runs``.
-        tests: :func:`paired_tests` of ``runs`` against ``reference``.
-        reference: the method the others were tested against.
-        n_seeds: seeds per method.
+        trials: the trials of :func:`~brainage_core.tuning.read_tuning`.
+        method: whose trials.
 
     Returns:
-        ``mean_predictor`` (:func:`mean_predictor_verdict`), ``reference_mae`` (mean test MAE of
-        the reference), ``best_method`` (upper-case name of the lowest mean MAE), ``n_seeds``,
-        ``n_test`` (most test subjects in a paired test; 0 without tests), ``verdicts`` (one
-        Markdown bullet of :func:`describe_comparison` per tested method) and, when MSE ran and
-        is not the reference, ``mse_mae`` and ``verdict_mse``.
+        One row per (``choice``, ``setting``): ``trials`` and ``val_mae`` (mean); the
+        temperature in three bins of equal trial count.
     """
-    values: dict[str, object] = {
-        "mean_predictor": mean_predictor_verdict(runs),
-        "reference_mae": float(summary.loc[reference, "mae_mean"]),
-        "best_method": summary.index[0].upper(),
-        "n_seeds": n_seeds,
-        "n_test": int(tests["n_subjects"].max()) if len(tests) else 0,
+    rows = trials[trials["method"] == method].dropna(subset=["val_mae"])
+    checks = {}
+    if "projection_dim" in rows:
+        checks["loss on"] = rows["projection_dim"].map({0: "encoder features", 128: "projection head (128)"})
+    if "batch_size" in rows:
+        checks["batch size"] = rows["batch_size"].astype(int).astype(str)
+    if "temperature" in rows and rows["temperature"].nunique() >= 3:
+        checks["temperature"] = pd.qcut(rows["temperature"], 3).astype(str)
+    tables = [
+        rows.groupby(setting, observed=True)["val_mae"].agg(trials="count", val_mae="mean").assign(choice=choice)
+        for choice, setting in checks.items()
+    ]
+    if not tables:
+        return pd.DataFrame(columns=["choice", "setting", "trials", "val_mae"])
+    table = pd.concat(tables).rename_axis("setting").reset_index()
+    return table[["choice", "setting", "trials", "val_mae"]]
+
+
+def learning_curve_values(curve: pd.DataFrame, reference: str) -> dict[str, str]:
+    """The sizes and one sentence on :func:`~brainage_core.book.workflow.learning_curve`, as measured.
+
+    The sentence names, at each size, the method with the lowest test MAE and whether the
+    reference's interval overlaps MSE's and ridge's (overlapping intervals: no clear difference).
+    """
+    sizes = sorted(curve["n_train"].unique())
+    parts = []
+    for size in sizes:
+        rows = curve[curve["n_train"] == size].set_index("method")
+        best = rows["mae"].idxmin()
+        text = f"with {size} subjects {best.upper()} is lowest ({rows.loc[best, 'mae']:.2f} y)"
+        if reference in rows.index:
+            ref = rows.loc[reference]
+            others = [m for m in rows.index if m != reference]
+            apart = [
+                m.upper()
+                for m in others
+                if ref["mae_high"] < rows.loc[m, "mae_low"] or rows.loc[m, "mae_high"] < ref["mae_low"]
+            ]
+            text += (
+                f"; {reference.upper()}'s interval is clear of " + ", ".join(apart)
+                if apart
+                else f"; {reference.upper()}'s interval overlaps every other method's"
+            )
+        parts.append(text)
+    return {
+        "lc_sizes": ", ".join(str(size) for size in sizes),
+        "lc_sentence": "At each size, one training run: " + "; ".join(parts) + ".",
     }
-    if "mse" in set(runs["method"]) and reference != "mse":
-        values["mse_mae"] = float(summary.loc["mse", "mae_mean"])
-        values["verdict_mse"] = describe_comparison(tests, reference, "mse")
-    values["verdicts"] = "\n".join(f"- {describe_comparison(tests, reference, m)}" for m in tests["method"])
-    return values
 
 
 def errors_by_age_band(
@@ -339,11 +411,12 @@ def robustness_values(robustness: pd.DataFrame, reference: str) -> dict[str, obj
 
 
 def write_tables(
-    out_dir: str | os.PathLike[str], runs: pd.DataFrame, tests: pd.DataFrame, robustness: pd.DataFrame
+    out_dir: str | os.PathLike[str], runs: pd.DataFrame, differences: pd.DataFrame, robustness: pd.DataFrame
 ) -> list[Path]:
     """Write the ablation's tables as CSV into ``out_dir`` (created if missing), atomically.
 
-    Files: ``runs.csv`` (:func:`collect_runs`), ``paired_tests.csv`` (:func:`paired_tests`) and
+    Files: ``runs.csv`` (:func:`collect_runs`), ``method_differences.csv``
+    (:func:`~brainage_core.analysis.method_tests.method_differences`) and
     ``robustness.csv`` (:func:`robustness_table`, methods as the index column); all recorded as
     the project's (:func:`~brainage_core.ownership.claim`).
 
@@ -351,7 +424,11 @@ def write_tables(
         The paths written.
     """
     out_dir = Path(out_dir)
-    tables = {"runs.csv": (runs, False), "paired_tests.csv": (tests, False), "robustness.csv": (robustness, True)}
+    tables = {
+        "runs.csv": (runs, False),
+        "method_differences.csv": (differences, False),
+        "robustness.csv": (robustness, True),
+    }
     claim(out_dir, list(tables))
     for name, (table, index) in tables.items():
         with atomic_path(out_dir / name, suffix=".csv") as temp:

@@ -49,6 +49,7 @@ __all__ = [
     "ensure_runs",
     "import_ixi_folder",
     "ixi_demographics",
+    "learning_curve",
     "left_out_summary",
     "profile_overrides",
     "qc_example_figures",
@@ -189,19 +190,75 @@ def ensure_runs(
     losses: Sequence[str],
     seeds: Sequence[int],
     progress: bool = False,
+    tuned: str | os.PathLike[str] | None = None,
 ) -> dict[tuple[str, int], Path]:
     """One finished run per (loss, seed) in :func:`run_folder`, trained only where missing or changed.
 
-    Each run's stored config is compared with the requested one
-    (:func:`~brainage_core.train.ensure_run`), so changed settings never reuse old runs.
+    Each run is ``config`` with the loss and seed, and the loss's tuned settings from ``tuned``
+    (:func:`~brainage_core.tuning.apply_tuned`). Its stored config is compared with the requested
+    one (:func:`~brainage_core.train.ensure_run`), so changed settings never reuse old runs.
     """
     from brainage_core.train import ensure_run
+    from brainage_core.tuning import apply_tuned
 
     return {
-        (loss, int(seed)): ensure_run(with_loss(config, loss, seed), run_folder(runs_root, loss, seed), progress)
+        (loss, int(seed)): ensure_run(
+            apply_tuned(with_loss(config, loss, seed), tuned), run_folder(runs_root, loss, seed), progress
+        )
         for loss in losses
         for seed in seeds
     }
+
+
+def learning_curve(
+    config: RunConfig,
+    work_dir: str | os.PathLike[str],
+    methods: Sequence[str],
+    sizes: Sequence[int],
+    seed: int = 0,
+    tuned: str | os.PathLike[str] | None = None,
+    n_boot: int | None = None,
+    runs_root: str | os.PathLike[str] | None = None,
+) -> pd.DataFrame:
+    """Test MAE against the number of training subjects, for deep methods and ridge.
+
+    Each deep method is trained (one run per size, ``data.train_subjects``, into
+    ``work_dir/n<size>``) and selected on the full validation set; ridge on tissue fractions is
+    fitted on the same training subjects (:func:`~brainage_core.analysis.baseline.split_baseline_errors`).
+    The point with every training scan is always added; its runs are those of ``runs_root``
+    (:func:`ensure_runs`: reused when they exist), or trained into ``work_dir/all``.
+
+    Returns:
+        One row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``, ``mae_high``
+        (95 % bootstrap over test controls).
+    """
+    from brainage_core.analysis.baseline import split_baseline_errors
+    from brainage_core.analysis.compare import collect_runs
+    from brainage_core.analysis.metrics import N_BOOT, bootstrap_ci
+
+    frame = read_manifest(config.data.manifest, check_images="none")
+    n_available = int(((frame["split"] == "train") & frame["group"].isin(list(config.data.train_groups))).sum())
+    rows = []
+    for size in sorted({min(int(size), n_available) for size in sizes} | {n_available}):
+        sized = copy.deepcopy(config)
+        sized.data.train_subjects = size if size < n_available else None
+        root = Path(work_dir) / f"n{size}" if size < n_available else Path(runs_root or Path(work_dir) / "all")
+        _, errors = collect_runs(ensure_runs(sized, root, methods, [seed], tuned=tuned))
+        ridge = split_baseline_errors(
+            config.data.manifest, fit_splits=("train",), train_subjects=sized.data.train_subjects
+        )
+        for method, group in pd.concat([errors, ridge[ridge["method"] == "ridge"]]).groupby("method"):
+            low, high = bootstrap_ci(group["age"], group["predicted_age"], "mae", n_boot=n_boot or N_BOOT)
+            rows.append(
+                {
+                    "method": method,
+                    "n_train": size,
+                    "mae": float(group["abs_error"].mean()),
+                    "mae_low": low,
+                    "mae_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 @dataclass

@@ -12,7 +12,8 @@ The package has one module per idea; every public name is re-exported here, so
   :func:`load_on_grid`, :func:`group_average_maps`, :func:`age_band_labels`,
   :func:`plot_map_on_template`.
 * :mod:`~brainage_core.analysis.interpret.explain`: :func:`explain_run` for a trained run
-  directory (NIfTI maps, group averages, figures and ``saliency_scores.json``).
+  directory (NIfTI maps, group averages, figures and ``saliency_scores.json``), and
+  :func:`choose_layer`, the target layer chosen on validation scans.
 * :mod:`~brainage_core.analysis.interpret.tables`: :func:`ground_truth_table`,
   :func:`randomization_table` and :func:`saliency_values` of several models' ``explain_run``
   results.
@@ -20,7 +21,7 @@ The package has one module per idea; every public name is re-exported here, so
 
 from __future__ import annotations
 
-from brainage_core.analysis.interpret.explain import explain_run
+from brainage_core.analysis.interpret.explain import choose_layer, explain_run
 from brainage_core.analysis.interpret.gradram import (
     DEFAULT_LAYER,
     GradRAM,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_LAYER",
     "GradRAM",
     "age_band_labels",
+    "choose_layer",
     "explain_run",
     "ground_truth_table",
     "group_average_maps",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.manifest import read_manifest
 from brainage_core.rundir import load_model
 
-__all__ = ["explain_run"]
+__all__ = ["choose_layer", "explain_run"]
+
+LAYER_CANDIDATES = ("encoder.layer3", "encoder.layer4")
 
 
 def _safe_name(text: str) -> str:
@@ -231,3 +234,45 @@ def explain_run(
         "scores": scores,
         "files": {"nifti": len(stems) * len(maps) + n_average, "png": n_png},
     }
+
+
+def choose_layer(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    candidates: Sequence[str] = LAYER_CANDIDATES,
+    split: str = "val",
+    top_fraction: float = 0.1,
+    batch_size: int = 8,
+) -> tuple[str, pd.DataFrame]:
+    """Choose the Grad-RAM layer on validation scans: the highest ground-truth lift, averaged over runs.
+
+    No file is written and no test scan is read. Without ground truth (no ``effect_map``
+    column, e.g. real scans) the first candidate is returned with an empty table.
+
+    Args:
+        run_dirs: finished runs whose maps are scored (one layer is chosen for all of them).
+        candidates: layers to compare.
+        split: the split to score on.
+        top_fraction: see :func:`saliency_in_ground_truth`.
+        batch_size: scans per pass.
+
+    Returns:
+        The chosen layer and one row per (run, layer): ``run``, ``layer``, ``lift``, ``overlap``.
+    """
+    rows = []
+    for run_dir in run_dirs:
+        model, config = load_model(run_dir)
+        frame = _select_rows(read_manifest(config.data.manifest), split, config.data.test_fold, None)
+        if frame.empty or "effect_map" not in frame.columns:
+            continue
+        volumes, affines = load_manifest_volumes(frame, config.data, progress=False)
+        brains = volumes.float() > 0  # brains: [N, 1, X, Y, Z]
+        for layer in candidates:
+            maps = saliency_maps(model, volumes, layer, signed=True, batch_size=batch_size)
+            truth = _ground_truth_scores(frame, affines, brains, {"gradram": maps}, top_fraction)
+            if truth is not None:
+                score = truth["gradram"]
+                rows.append({"run": str(run_dir), "layer": layer, "lift": score["lift"], "overlap": score["overlap"]})
+    table = pd.DataFrame(rows, columns=["run", "layer", "lift", "overlap"])
+    if table.empty:
+        return candidates[0], table
+    return str(table.groupby("layer")["lift"].mean().idxmax()), table

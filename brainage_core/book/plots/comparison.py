@@ -12,7 +12,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-__all__ = ["plot_age_band_errors", "plot_feature_spaces", "plot_mae_per_seed"]
+__all__ = [
+    "plot_age_band_errors",
+    "plot_feature_spaces",
+    "plot_learning_curve",
+    "plot_mae_per_seed",
+    "plot_tuning_trials",
+    "plot_validation_curves",
+]
 
 
 def plot_mae_per_seed(runs: pd.DataFrame, order: Sequence[str]) -> Figure:
@@ -61,4 +68,68 @@ def plot_age_band_errors(bands: pd.DataFrame) -> Figure:
     gap_ax.axhline(0, color="black", linewidth=0.8)
     mae_ax.set(xlabel="age band (years)", ylabel="MAE (years)")
     gap_ax.set(xlabel="age band (years)", ylabel="mean gap (years)")
+    return fig
+
+
+def plot_validation_curves(curves: pd.DataFrame) -> Figure:
+    """Validation MAE per epoch, one panel per method, one line per seed, the selected epoch marked.
+
+    Args:
+        curves: the table of :func:`~brainage_core.analysis.compare.validation_curves`.
+    """
+    methods = list(dict.fromkeys(curves["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        for seed, run in curves[curves["method"] == method].groupby("seed"):
+            (line,) = ax.plot(run["epoch"], run["val_mae"], lw=1.2, label=f"seed {seed}")
+            chosen = run[run["selected"]]
+            ax.plot(chosen["epoch"], chosen["val_mae"], "o", color=line.get_color())
+        ax.set(title=method, xlabel="epoch")
+    axes[0][0].set_ylabel("validation MAE (years)")
+    axes[0][0].legend(frameon=False, fontsize=8)
+    top = curves["val_mae"].quantile(0.95)
+    axes[0][0].set_ylim(max(0.0, curves["val_mae"].min() - 1.0), top)
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curve(curve: pd.DataFrame) -> Figure:
+    """Test MAE with 95 % intervals against the number of training subjects, one line per method.
+
+    Args:
+        curve: the table of :func:`~brainage_core.book.workflow.learning_curve`.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    for method, rows in curve.sort_values("n_train").groupby("method"):
+        ax.errorbar(
+            rows["n_train"],
+            rows["mae"],
+            yerr=[rows["mae"] - rows["mae_low"], rows["mae_high"] - rows["mae"]],
+            marker="o",
+            capsize=3,
+            label=method,
+        )
+    ax.set(xscale="log", xlabel="training subjects", ylabel="test MAE (years)")
+    ax.set_xticks(sorted(curve["n_train"].unique()), [str(n) for n in sorted(curve["n_train"].unique())])
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_tuning_trials(trials: pd.DataFrame) -> Figure:
+    """Validation MAE of every tuning trial against its learning rate, one colour per method.
+
+    Args:
+        trials: the trials of :func:`~brainage_core.tuning.read_tuning` (``method``, ``lr``,
+            ``val_mae``, ``state``); pruned trials are drawn hollow.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.3))
+    for index, (method, rows) in enumerate(trials.groupby("method")):
+        colour = f"C{index}"
+        done = rows["state"] == "complete"
+        ax.scatter(rows.loc[done, "lr"], rows.loc[done, "val_mae"], color=colour, label=method)
+        ax.scatter(rows.loc[~done, "lr"], rows.loc[~done, "val_mae"], facecolors="none", edgecolors=colour)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="best validation MAE (years)", title="hollow: pruned")
+    ax.legend(frameon=False)
+    fig.tight_layout()
     return fig
