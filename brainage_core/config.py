@@ -78,7 +78,9 @@ class OptimConfig:
     Attributes:
         epochs: the most passes over the training set (the cosine schedule spans them); early
             stopping usually ends a run before (see ``patience``).
-        batch_size: subjects per step (the network sees ``batch_size * loss.n_views`` views).
+        batch_size: subjects per step (the network sees ``batch_size * loss.n_views`` views); an
+            epoch shows every training subject once, in ``ceil(N / batch_size)`` batches of
+            nearly equal size.
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate, reached after ``warmup_epochs`` of linear warm-up, then cosine decay.
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.

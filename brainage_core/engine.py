@@ -216,9 +216,13 @@ class Trainer:
         if self.world > 1:
             self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
         self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
-        self.steps_per_epoch = max(1, len(self.train_idx) // config.train.batch_size)
+        # Every training subject once per epoch, in ceil(N / batch_size) batches of nearly equal
+        # size: the passes per epoch do not depend on the batch size, so methods tuned to
+        # different batch sizes still get the same compute.
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / config.train.batch_size)
+        sizes = [len(part) for part in np.array_split(np.arange(len(self.train_idx)), self.steps_per_epoch)]
         # forward + backward passes of one image each, per epoch (the compute a comparison matches)
-        self.passes_per_epoch = self.steps_per_epoch * config.train.batch_size * config.loss.n_views
+        self.passes_per_epoch = sum(size - size % self.world for size in sizes) * config.loss.n_views
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),
@@ -257,18 +261,18 @@ class Trainer:
         """This rank's share of each global batch, in an order fixed by (seed, epoch)."""
         rng = np.random.default_rng([self.config.seed, epoch])
         order = self.train_idx[rng.permutation(len(self.train_idx))]
-        size = self.config.train.batch_size
-        batches = [order[i * size : (i + 1) * size] for i in range(self.steps_per_epoch)]
-        return [batch[self.rank :: self.world] for batch in batches]
+        batches = np.array_split(order, self.steps_per_epoch)  # nearly equal sizes, every subject once
+        # Under DDP every rank needs the same local size: a batch drops its last len % world subjects.
+        return [batch[: len(batch) - len(batch) % self.world][self.rank :: self.world] for batch in batches]
 
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
         self.dataset.set_epoch(epoch)
         batches = self._batches(epoch)
+        ends = np.cumsum([len(batch) for batch in batches])
         loader = DataLoader(
             Subset(self.dataset, np.concatenate(batches).tolist()),
-            batch_size=len(batches[0]),
-            shuffle=False,
+            batch_sampler=[list(range(end - len(batch), end)) for batch, end in zip(batches, ends)],
             num_workers=self.config.num_workers,
             pin_memory=self.cuda,
         )

@@ -144,6 +144,8 @@ def tune(
     Returns:
         The study's result.
     """
+    if n_trials < 1:
+        raise ValueError(f"--trials must be >= 1, got {n_trials}")
     load_config(config_path, [*overrides, f"loss.name={loss}"])  # every problem before any training
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,11 @@ def test_every_method_gets_the_same_passes_and_a_probe_readout(cohort: Path, tmp
         if loss == "rnc":  # the contrastive head is the probe
             assert (predictions["predicted_age_probe"] == predictions["predicted_age"]).all()
     assert passes["rnc"] == passes["mse"] and passes["mse"][0] > 0
+    smaller = [*tiny_overrides(tmp_path, cohort, "mse"), "train.batch_size=4"]
+    run = train(load_config(None, smaller), tmp_path / "mse_b4", progress=False)
+    assert pd.read_csv(run / "metrics.csv")["passes"].tolist() == passes["mse"], "passes do not depend on batch size"
+    n_train = int(((pd.read_csv(cohort)["split"] == "train") & (pd.read_csv(cohort)["group"] == "CN")).sum())
+    assert passes["mse"][0] == 2 * n_train, "every training subject, two views, once per epoch"
 
 
 def test_tune_cli_rejects_bad_settings_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

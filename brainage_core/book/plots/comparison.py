@@ -110,6 +110,7 @@ def plot_learning_curve(curve: pd.DataFrame) -> Figure:
             label=method,
         )
     ax.set(xscale="log", xlabel="training subjects", ylabel="test MAE (years)")
+    ax.minorticks_off()
     ax.set_xticks(sorted(curve["n_train"].unique()), [str(n) for n in sorted(curve["n_train"].unique())])
     ax.legend(frameon=False)
     fig.tight_layout()
