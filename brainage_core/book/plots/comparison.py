@@ -71,17 +71,18 @@ def plot_age_band_errors(bands: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_validation_curves(curves: pd.DataFrame) -> Figure:
-    """Validation MAE per epoch, one panel per method, one line per seed, the selected epoch marked.
+def plot_validation_curves(curves: pd.DataFrame, run_label: str = "seed") -> Figure:
+    """Validation MAE per epoch, one panel per method, one line per run, the selected epoch marked.
 
     Args:
         curves: the table of :func:`~brainage_core.analysis.compare.validation_curves`.
+        run_label: what the second key of a run is (``seed``, or ``fold`` for cross-validation).
     """
     methods = list(dict.fromkeys(curves["method"]))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.0), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
         for seed, run in curves[curves["method"] == method].groupby("seed"):
-            (line,) = ax.plot(run["epoch"], run["val_mae"], lw=1.2, label=f"seed {seed}")
+            (line,) = ax.plot(run["epoch"], run["val_mae"], lw=1.2, label=f"{run_label} {seed}")
             chosen = run[run["selected"]]
             ax.plot(chosen["epoch"], chosen["val_mae"], "o", color=line.get_color())
         ax.set(title=method, xlabel="epoch")
