@@ -13,7 +13,7 @@ One module per idea, with data flowing one way (nothing outside ``book/`` import
   cached, augmented tensors.
 * ``models`` (MONAI 3D ResNet), ``losses`` (RNC and the baselines), ``engine`` (the per-epoch
   trainer, ``compute_loss``), ``train`` (runs: lock, resume, ownership), ``distributed`` (DDP),
-  ``tuning`` (Optuna studies on validation data, the tuned settings file).
+  ``tuning`` (Optuna studies on validation data), ``tuned`` (the tuned settings file).
 * ``rundir`` is the one reader and writer of a run directory; ``inference`` predicts from it.
 * ``analysis/``: ``metrics`` (bootstrap CIs, age-bias correction), ``evaluation`` (a run's
   report), ``compare`` (methods and seeds), ``method_tests`` (hierarchical bootstrap of MAE
@@ -27,5 +27,12 @@ One module per idea, with data flowing one way (nothing outside ``book/`` import
 """
 
 from __future__ import annotations
+
+import warnings
+
+# MONAI imports Optuna when it is installed (brainage tune needs it), and Optuna imports
+# tqdm.auto, which warns in Jupyter kernels without ipywidgets. brainage's progress bars are
+# plain tqdm and off in notebooks, so the warning would be noise on every page of the book.
+warnings.filterwarnings("ignore", message="IProgress not found", module=r"tqdm\.")
 
 __version__ = "0.1.0"

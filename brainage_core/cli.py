@@ -78,7 +78,7 @@ def _cmd_import_ixi(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
     from brainage_core.train import train
-    from brainage_core.tuning import apply_tuned
+    from brainage_core.tuned import apply_tuned
 
     if args.resume and args.config is None:
         # The run's own config, with any --set on top (a changed field is then refused by train).
@@ -104,7 +104,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from brainage_core.tuning import tune, write_tuned
+    from brainage_core.tuned import write_tuned
+    from brainage_core.tuning import tune
 
     results = []
     for loss in args.loss:

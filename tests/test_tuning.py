@@ -15,7 +15,8 @@ from brainage_core.engine import Trainer
 from brainage_core.imaging import VolumeCache
 from brainage_core.manifest import read_manifest
 from brainage_core.train import train
-from brainage_core.tuning import apply_tuned, tune, tuned_overrides
+from brainage_core.tuned import apply_tuned, tuned_overrides
+from brainage_core.tuning import tune
 from tests.conftest import write_tiny_cohort
 from tests.test_train import tiny_overrides
 

@@ -254,7 +254,7 @@ def recipe_checks(trials: pd.DataFrame, method: str) -> pd.DataFrame:
     """Mean best validation MAE of a method's tuning trials per setting of the RNC recipe's choices.
 
     Args:
-        trials: the trials of :func:`~brainage_core.tuning.read_tuning`.
+        trials: the trials of :func:`~brainage_core.tuned.read_tuning`.
         method: whose trials.
 
     Returns:

@@ -195,11 +195,11 @@ def ensure_runs(
     """One finished run per (loss, seed) in :func:`run_folder`, trained only where missing or changed.
 
     Each run is ``config`` with the loss and seed, and the loss's tuned settings from ``tuned``
-    (:func:`~brainage_core.tuning.apply_tuned`). Its stored config is compared with the requested
+    (:func:`~brainage_core.tuned.apply_tuned`). Its stored config is compared with the requested
     one (:func:`~brainage_core.train.ensure_run`), so changed settings never reuse old runs.
     """
     from brainage_core.train import ensure_run
-    from brainage_core.tuning import apply_tuned
+    from brainage_core.tuned import apply_tuned
 
     return {
         (loss, int(seed)): ensure_run(

@@ -122,7 +122,7 @@ def plot_tuning_trials(trials: pd.DataFrame) -> Figure:
     """Validation MAE of every tuning trial against its learning rate, one colour per method.
 
     Args:
-        trials: the trials of :func:`~brainage_core.tuning.read_tuning` (``method``, ``lr``,
+        trials: the trials of :func:`~brainage_core.tuned.read_tuning` (``method``, ``lr``,
             ``val_mae``, ``state``); pruned trials are drawn hollow.
     """
     fig, ax = plt.subplots(figsize=(5.5, 3.3))
