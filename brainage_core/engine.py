@@ -220,9 +220,8 @@ class Trainer:
         # size: the passes per epoch do not depend on the batch size, so methods tuned to
         # different batch sizes still get the same compute.
         self.steps_per_epoch = math.ceil(len(self.train_idx) / config.train.batch_size)
-        sizes = [len(part) for part in np.array_split(np.arange(len(self.train_idx)), self.steps_per_epoch)]
         # forward + backward passes of one image each, per epoch (the compute a comparison matches)
-        self.passes_per_epoch = sum(size - size % self.world for size in sizes) * config.loss.n_views
+        self.passes_per_epoch = sum(len(batch) for batch in self._batches(0)) * self.world * config.loss.n_views
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             _lr_lambda(self.steps_per_epoch * config.train.epochs, self.steps_per_epoch * config.train.warmup_epochs),

@@ -69,15 +69,13 @@ def write_tuned(path: str | os.PathLike[str], results: Sequence[TuningResult], n
     return path
 
 
-def tuned_overrides(path: str | os.PathLike[str] | None, loss: str) -> list[str]:
-    """The tuned overrides of ``loss`` in a file of :func:`write_tuned` (none without a file or entry).
+def _tuned_methods(path: Path) -> dict[str, Any]:
+    """The ``methods`` mapping of a file of :func:`write_tuned`, checked.
 
     Raises:
+        FileNotFoundError: the file does not exist.
         ValueError: the file is not such a file (names the file and what it lacks).
     """
-    if not path:
-        return []
-    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tuned settings not found: {path}; make them with brainage tune, or pass none")
     try:
@@ -87,11 +85,28 @@ def tuned_overrides(path: str | os.PathLike[str] | None, loss: str) -> list[str]
     methods = document.get("methods") if isinstance(document, dict) else None
     if not isinstance(methods, dict):
         raise ValueError(f"{path}: no 'methods' mapping; it is not a file written by brainage tune")
+    return methods
+
+
+def _method_overrides(path: Path, methods: dict[str, Any], loss: str) -> list[str]:
+    """The overrides of ``loss`` in a checked ``methods`` mapping (none without an entry)."""
     entry = methods.get(loss) or {}
     overrides = entry.get("overrides", []) if isinstance(entry, dict) else None
     if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
         raise ValueError(f"{path}: methods.{loss}.overrides must be a list of section.key=value strings")
     return list(overrides)
+
+
+def tuned_overrides(path: str | os.PathLike[str] | None, loss: str) -> list[str]:
+    """The tuned overrides of ``loss`` in a file of :func:`write_tuned` (none without a file or entry).
+
+    Raises:
+        ValueError: the file is not such a file (names the file and what it lacks).
+    """
+    if not path:
+        return []
+    path = Path(path)
+    return _method_overrides(path, _tuned_methods(path), loss)
 
 
 def apply_tuned(config: RunConfig, tuned: str | os.PathLike[str] | None) -> RunConfig:
@@ -136,16 +151,14 @@ def read_tuning(tuned: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFra
         column added; empty when the trials tables are missing).
     """
     path = Path(tuned)
-    if not path.is_file():
-        raise FileNotFoundError(f"tuned settings not found: {path}; make them with brainage tune")
-    methods = (yaml.safe_load(path.read_text()) or {}).get("methods") or {}
+    methods = _tuned_methods(path)
     summary = pd.DataFrame(
         [
             {
                 "method": method,
                 "n_trials": entry.get("n_trials"),
                 "best_val_mae": entry.get("best_val_mae"),
-                "settings": ", ".join(tuned_overrides(path, method)),
+                "settings": ", ".join(_method_overrides(path, methods, method)),
             }
             for method, entry in methods.items()
         ]

@@ -69,9 +69,9 @@ def suggest_overrides(trial: optuna.Trial, loss: str) -> list[str]:
 
 def _objective(base: Sequence[str], loss: str, config_path: str | os.PathLike[str] | None) -> Any:
     def objective(trial: optuna.Trial) -> float:
-        overrides = [*base, f"loss.name={loss}", *suggest_overrides(trial, loss)]
-        trial.set_user_attr("overrides", overrides)
-        trainer = Trainer(load_config(config_path, overrides))
+        searched = suggest_overrides(trial, loss)
+        trial.set_user_attr("overrides", searched)
+        trainer = Trainer(load_config(config_path, [*base, f"loss.name={loss}", *searched]))
         for epoch in range(trainer.config.train.epochs):
             row, stop = trainer.fit_epoch(epoch)
             trial.report(row["val_mae"], epoch)
@@ -132,12 +132,9 @@ def tune(
     trials = trials_table(study)
     with atomic_path(out_dir / f"trials_{loss}.csv", suffix=".csv") as temp:
         trials.to_csv(temp, index=False)
-    best = study.best_trial
     return TuningResult(
         loss=loss,
-        overrides=[
-            item for item in best.user_attrs["overrides"] if item not in overrides and not item.startswith("loss.name=")
-        ],
+        overrides=list(study.best_trial.user_attrs["overrides"]),
         best_val_mae=float(study.best_value),
         n_trials=len(study.trials),
         trials=trials,

@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
 from brainage_core.cohorts.synthetic import image_tissue_volumes
-from brainage_core.data import training_subset
+from brainage_core.data import assign_splits, training_subset
 from brainage_core.manifest import read_manifest
 
 __all__ = ["baseline_age_prediction", "downsampled_voxels", "split_baseline_errors"]
@@ -77,6 +77,7 @@ def split_baseline_errors(
     groups: Sequence[str] = ("CN",),
     fit_splits: Sequence[str] = ("train", "val"),
     train_subjects: int | None = None,
+    test_fold: int | None = None,
 ) -> pd.DataFrame:
     """Test-split errors of the two baselines every comparison table carries.
 
@@ -85,11 +86,13 @@ def split_baseline_errors(
     their mean age. Both see exactly the data a deep model sees for training and selection.
 
     Args:
-        manifest_path: a manifest with ``split`` and ``mask`` on every row.
+        manifest_path: a manifest with a ``mask`` on every row (and ``split`` or ``fold``).
         groups: the groups fitted on and evaluated (healthy controls).
         fit_splits: the splits the baselines are fitted on.
         train_subjects: fit on this many of those rows only, chosen as a deep run with
             ``data.train_subjects`` chooses its training scans (:func:`~brainage_core.data.training_subset`).
+        test_fold: the splits as a run with ``data.test_fold`` assigns them
+            (:func:`~brainage_core.data.assign_splits`); ``None``: the manifest's ``split`` column.
 
     Returns:
         One row per (method, test subject): ``method``, ``seed`` (0), ``subject_id``, ``age``,
@@ -97,10 +100,11 @@ def split_baseline_errors(
         :func:`~brainage_core.analysis.compare.collect_runs`'s errors.
     """
     frame = read_manifest(manifest_path, check_images="exists")
-    if "mask" not in frame.columns or (frame["mask"] == "").any() or "split" not in frame.columns:
-        raise ValueError(f"{manifest_path}: every row needs a 'split' and a brain 'mask' for the baselines")
-    frame = frame[frame["group"].isin(list(groups))]
-    fit, test = frame[frame["split"].isin(list(fit_splits))], frame[frame["split"] == "test"]
+    if "mask" not in frame.columns or (frame["mask"] == "").any():
+        raise ValueError(f"{manifest_path}: every row needs a brain 'mask' for the baselines")
+    split = assign_splits(frame, test_fold)
+    in_groups = frame["group"].isin(list(groups))
+    fit, test = frame[in_groups & split.isin(list(fit_splits))], frame[in_groups & (split == "test")]
     fit = fit.iloc[training_subset(fit["age"].to_numpy(), train_subjects)]
     if len(fit) < 5 or test.empty:
         raise ValueError(f"{manifest_path}: need >= 5 rows to fit and >= 1 test row of groups {list(groups)}")

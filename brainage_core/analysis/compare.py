@@ -110,8 +110,8 @@ def training_table(runs: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per method: ``runs``, ``passes_per_epoch`` (equal across methods when compute is
         matched), ``max_epochs``, ``best_epoch`` and ``last_epoch`` (mean over seeds),
-        ``selected_before_last`` and ``stopped_early`` ("k / n" runs), ``passes`` (mean until
-        the run stopped, millions) and ``minutes`` (mean).
+        ``selected_before_last`` and ``stopped_early`` ("k / n" runs), ``passes_M`` (passes until
+        the run stopped, mean, in millions) and ``minutes`` (mean).
     """
     grouped = runs.groupby("method")
     count = grouped.size()

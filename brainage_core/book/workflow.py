@@ -235,9 +235,11 @@ def learning_curve(
     from brainage_core.analysis.baseline import split_baseline_errors
     from brainage_core.analysis.compare import collect_runs
     from brainage_core.analysis.metrics import N_BOOT, bootstrap_ci
+    from brainage_core.data import assign_splits
 
     frame = read_manifest(config.data.manifest, check_images="none")
-    n_available = int(((frame["split"] == "train") & frame["group"].isin(list(config.data.train_groups))).sum())
+    split = assign_splits(frame, config.data.test_fold)
+    n_available = int(((split == "train") & frame["group"].isin(list(config.data.train_groups))).sum())
     rows = []
     for size in sorted({min(int(size), n_available) for size in sizes} | {n_available}):
         sized = copy.deepcopy(config)
@@ -245,7 +247,11 @@ def learning_curve(
         root = Path(work_dir) / f"n{size}" if size < n_available else Path(runs_root or Path(work_dir) / "all")
         _, errors = collect_runs(ensure_runs(sized, root, methods, [seed], tuned=tuned))
         ridge = split_baseline_errors(
-            config.data.manifest, fit_splits=("train",), train_subjects=sized.data.train_subjects
+            config.data.manifest,
+            groups=config.data.train_groups,
+            fit_splits=("train",),
+            train_subjects=sized.data.train_subjects,
+            test_fold=config.data.test_fold,
         )
         for method, group in pd.concat([errors, ridge[ridge["method"] == "ridge"]]).groupby("method"):
             low, high = bootstrap_ci(group["age"], group["predicted_age"], "mae", n_boot=n_boot or N_BOOT)
