@@ -119,6 +119,16 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from brainage_core.tuning import check_recipe
+
+    runs = check_recipe(args.loss, args.out, args.set or [], args.config, tuned=args.tuned, seeds=args.seeds)
+    summary = runs.groupby(["choice", "setting"], sort=False)["val_mae"].agg(["mean", "std", "count"])
+    print(summary.round(2).to_string())
+    print(f"runs: {args.out / f'recipe_{args.loss}.csv'}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -277,6 +287,22 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     tune.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite in OUT)")
     tune.set_defaults(handler=_cmd_tune)
+
+    recipe = subparsers.add_parser(
+        "recipe",
+        help="controlled checks of a loss's recipe on validation (batch size, projection head, temperature)",
+        description="Start from the settings (--set, then --tuned) and change one choice at a time: batch size "
+        "16/32/64, the loss on the encoder features or a 128-d projection head, temperature 1, 2 or the tuned value. "
+        "Each setting is trained with every --seeds and scored by its best validation MAE; test scans are never "
+        "read. Writes OUT/recipe_<loss>.csv (a rerun resumes).",
+    )
+    recipe.add_argument("--loss", default="rnc", help="the loss whose recipe to check (default rnc)")
+    recipe.add_argument("--out", type=Path, required=True, help="output folder (e.g. beside tuned.yml)")
+    recipe.add_argument("--tuned", type=Path, help="tuned.yml of brainage tune: the starting settings")
+    recipe.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="run seeds per setting (default 0 1)")
+    recipe.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
+    recipe.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="base settings, e.g. data.manifest=m.csv")
+    recipe.set_defaults(handler=_cmd_recipe)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,6 +81,10 @@ class OptimConfig:
         batch_size: subjects per step (the network sees ``batch_size * loss.n_views`` views); an
             epoch shows every training subject once, in ``ceil(N / batch_size)`` batches of
             nearly equal size.
+        epoch_size: subjects shown per epoch (``None``: the N training subjects once). Larger
+            than N, the subjects are cycled (each shown ``epoch_size // N`` or one more times,
+            with fresh augmentations), so a run on a subset takes as many optimiser steps per
+            epoch as one on the full training set: the learning curve's step-matched schedule.
         optimizer: ``adamw`` or ``sgd``.
         lr: peak learning rate, reached after ``warmup_epochs`` of linear warm-up, then cosine decay.
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
@@ -93,6 +97,7 @@ class OptimConfig:
 
     epochs: int = 30
     batch_size: int = 16
+    epoch_size: int | None = None
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -205,6 +210,7 @@ def config_problems(config: RunConfig) -> list[str]:
     _check_range(problems, "train.lr", optim.lr, 0, MAX_LEARNING_RATE, low_open=True)
     _check_range(problems, "train.weight_decay", optim.weight_decay, 0)
     _check_range(problems, "train.momentum", optim.momentum, 0, 1)
+    _check_range(problems, "train.epoch_size", optim.epoch_size, 1)
     _check_range(problems, "train.warmup_epochs", optim.warmup_epochs, 0)
     _check_range(problems, "train.patience", optim.patience, 1)
     _check_range(problems, "train.min_epochs", optim.min_epochs, 1)

@@ -203,6 +203,9 @@ class VolumeDataset(Dataset):
         augment: augmentation settings, or ``None`` for no augmentation.
         n_views: views per sample; 1 returns ``[1, X, Y, Z]``, more return ``[V, 1, X, Y, Z]``.
         seed: run seed; with :meth:`set_epoch` it fixes every sample's augmentation.
+
+    Index ``r * N + i`` (``r >= 1``) is sample ``i`` again with its own augmentation: an epoch
+    that shows a sample ``r + 1`` times draws it as ``i``, ``N + i``, ..., ``r * N + i``.
     """
 
     def __init__(
@@ -229,10 +232,11 @@ class VolumeDataset(Dataset):
         return len(self.volumes)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        volume = self.volumes[index].float()  # volume: [1, X, Y, Z]
+        sample = index % len(self.volumes)
+        volume = self.volumes[sample].float()  # volume: [1, X, Y, Z]
         if self.transform is None:
             views = volume.unsqueeze(0).expand(self.n_views, *volume.shape)  # views: [V, 1, X, Y, Z]
         else:
             self.transform.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, index))
             views = self.transform(volume)  # views: [V, 1, X, Y, Z]
-        return (views[0] if self.n_views == 1 else views), self.ages[index]
+        return (views[0] if self.n_views == 1 else views), self.ages[sample]

@@ -216,10 +216,11 @@ class Trainer:
         if self.world > 1:
             self.network = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.cuda else None)
         self.optimizer = _optimizer(config, [p for p in self.model.parameters() if p.requires_grad])
-        # Every training subject once per epoch, in ceil(N / batch_size) batches of nearly equal
-        # size: the passes per epoch do not depend on the batch size, so methods tuned to
-        # different batch sizes still get the same compute.
-        self.steps_per_epoch = math.ceil(len(self.train_idx) / config.train.batch_size)
+        # Every training subject once per epoch (or train.epoch_size draws), in
+        # ceil(epoch_size / batch_size) batches of nearly equal size: the passes per epoch do not
+        # depend on the batch size, so methods tuned to different batch sizes get the same compute.
+        self.epoch_size = config.train.epoch_size or len(self.train_idx)
+        self.steps_per_epoch = math.ceil(self.epoch_size / config.train.batch_size)
         # forward + backward passes of one image each, per epoch (the compute a comparison matches)
         self.passes_per_epoch = sum(len(batch) for batch in self._batches(0)) * self.world * config.loss.n_views
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -259,8 +260,12 @@ class Trainer:
     def _batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's share of each global batch, in an order fixed by (seed, epoch)."""
         rng = np.random.default_rng([self.config.seed, epoch])
-        order = self.train_idx[rng.permutation(len(self.train_idx))]
-        batches = np.array_split(order, self.steps_per_epoch)  # nearly equal sizes, every subject once
+        n_draws = math.ceil(self.epoch_size / len(self.train_idx))
+        # The r-th showing of a subject is dataset index r * len(dataset) + i: a fresh augmentation.
+        order = np.concatenate(
+            [self.train_idx[rng.permutation(len(self.train_idx))] + draw * len(self.dataset) for draw in range(n_draws)]
+        )[: self.epoch_size]
+        batches = np.array_split(order, self.steps_per_epoch)  # nearly equal sizes
         # Under DDP every rank needs the same local size: a batch drops its last len % world subjects.
         return [batch[: len(batch) - len(batch) % self.world][self.rank :: self.world] for batch in batches]
 

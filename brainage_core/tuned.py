@@ -1,7 +1,8 @@
 """The tuned settings file: what ``brainage tune`` chose, read back by runs and chapters.
 
 ``tuned.yml`` maps each method to the dotted overrides of its best trial (with its validation
-MAE and number of trials); ``trials_<loss>.csv`` beside it lists every trial. This module only
+MAE and number of trials); ``trials_<loss>.csv`` beside it lists every trial, and
+``recipe_<loss>.csv`` the controlled recipe checks (``brainage recipe``). This module only
 reads and writes those files, so applying tuned settings does not import Optuna
 (:mod:`brainage_core.tuning` runs the studies).
 """
@@ -28,7 +29,7 @@ from brainage_core.config import (
 )
 from brainage_core.fileio import atomic_path
 
-__all__ = ["TuningResult", "apply_tuned", "read_tuning", "tuned_overrides", "write_tuned"]
+__all__ = ["TuningResult", "apply_tuned", "read_recipe", "read_tuning", "tuned_overrides", "write_tuned"]
 
 
 @dataclasses.dataclass
@@ -169,3 +170,14 @@ def read_tuning(tuned: str | os.PathLike[str]) -> tuple[pd.DataFrame, pd.DataFra
         if (path.parent / f"trials_{method}.csv").is_file()
     ]
     return summary, pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def read_recipe(tuned: str | os.PathLike[str], loss: str) -> pd.DataFrame:
+    """The recipe checks of ``loss`` beside a ``tuned.yml`` (empty when there are none).
+
+    Returns:
+        The table of :func:`~brainage_core.tuning.check_recipe`: ``choice``, ``setting``,
+        ``tuned``, ``seed``, ``val_mae``, ``epochs``.
+    """
+    path = Path(tuned).parent / f"recipe_{loss}.csv"
+    return pd.read_csv(path) if path.is_file() else pd.DataFrame()

@@ -36,6 +36,8 @@ from brainage_core.tuned import TuningResult
 
 __all__ = [
     "AUGMENT_STRENGTHS",
+    "RECIPE_CHOICES",
+    "check_recipe",
     "suggest_overrides",
     "trials_table",
     "tune",
@@ -48,6 +50,14 @@ INFONCE_TEMPERATURES = (0.05, 0.5)
 SAMPLER_STARTUP_TRIALS = 4  # random trials before TPE models the results (Optuna's default, 10, exceeds small studies)
 PRUNER_STARTUP_TRIALS = 3  # trials run to the end before the median pruner stops any
 PRUNER_WARMUP_EPOCHS = 5  # epochs every trial runs before it may be pruned
+# The RNC recipe's departures, each checked one at a time around the tuned settings: batch size
+# (the paper trains at 256), the loss on the encoder features or a 128-d projection head, and the
+# temperature (the paper's 2). ``None`` stands for the tuned value itself.
+RECIPE_CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "batch size": ("train.batch_size", (16, 32, 64)),
+    "loss on": ("model.projection_dim", (0, 128)),
+    "temperature": ("loss.params.temperature", (1.0, 2.0, None)),
+}
 
 
 def suggest_overrides(trial: optuna.Trial, loss: str) -> list[str]:
@@ -139,6 +149,110 @@ def tune(
         n_trials=len(study.trials),
         trials=trials,
     )
+
+
+def _setting(config: Any, key: str) -> Any:
+    """The value of a dotted key (``loss.params.temperature``) in a run config."""
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+    if value is None:
+        raise ValueError(f"{key}: not set in the starting settings; give its value (--set {key}=...)")
+    return value
+
+
+def _train_on_validation(config_path: str | os.PathLike[str] | None, overrides: Sequence[str]) -> tuple[float, int]:
+    """Train with early stopping, never predicting; the best validation MAE and the epochs run."""
+    trainer = Trainer(load_config(config_path, list(overrides)))
+    epochs = 0
+    for epoch in range(trainer.config.train.epochs):
+        _, stop = trainer.fit_epoch(epoch)
+        epochs = epoch + 1
+        if stop:
+            break
+    return trainer.best_mae, epochs
+
+
+def check_recipe(
+    loss: str,
+    out_dir: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    config_path: str | os.PathLike[str] | None = None,
+    tuned: str | os.PathLike[str] | None = None,
+    seeds: Sequence[int] = (0, 1),
+    choices: dict[str, tuple[str, tuple[Any, ...]]] | None = None,
+) -> pd.DataFrame:
+    """Controlled checks of a method's recipe on validation: one choice changed at a time.
+
+    Every run starts from the same settings (``overrides``, then the tuned ones of ``tuned``)
+    and changes one key to one value; the tuned setting itself is one shared run per seed. Runs
+    stop early as usual and are scored by their best validation MAE; like :func:`tune`, they
+    read no test scan. Finished runs are kept in ``out_dir/recipe_<loss>_runs.csv`` (``override``,
+    ``seed``, ``val_mae``, ``epochs``; an empty override is the starting point), rewritten after
+    each run, so an interrupted check resumes where it stopped; the result table is written to
+    ``out_dir/recipe_<loss>.csv`` at the end (:func:`~brainage_core.tuned.read_recipe`).
+
+    Args:
+        loss: the method, ``loss.name``.
+        out_dir: folder of ``recipe_<loss>.csv``.
+        overrides: base settings (``data.manifest`` among them or in the config file).
+        config_path: a YAML run config, or ``None`` for the defaults.
+        tuned: a ``tuned.yml`` (:func:`~brainage_core.tuned.write_tuned`) whose settings for
+            ``loss`` are the starting point, or ``None``.
+        seeds: run seeds of every setting.
+        choices: ``{label: (key, values)}``; a value ``None`` is the starting point's own value
+            (default :data:`RECIPE_CHOICES`).
+
+    Returns:
+        One row per run: ``choice``, ``setting``, ``tuned`` (the setting is the starting
+        point's), ``seed``, ``val_mae``, ``epochs``.
+    """
+    from brainage_core.tuned import tuned_overrides
+
+    base = [*overrides, *tuned_overrides(tuned, loss), f"loss.name={loss}"]
+    start = load_config(config_path, base)  # every problem before any training
+    out_dir = Path(out_dir)
+    runs_path = out_dir / f"recipe_{loss}_runs.csv"
+    done = pd.read_csv(runs_path) if runs_path.is_file() else pd.DataFrame()
+    scores: dict[tuple[str, int], tuple[float, int]] = {
+        (str(row.override) if isinstance(row.override, str) else "", int(row.seed)): (
+            float(row.val_mae),
+            int(row.epochs),
+        )
+        for row in done.itertuples()
+    }
+    rows = []
+    for label, (key, values) in (choices or RECIPE_CHOICES).items():
+        current = _setting(start, key)
+        for value in values:
+            setting = current if value is None else value
+            override = "" if setting == current else f"{key}={setting}"  # "": the starting point, one run for all
+            for seed in seeds:
+                if (override, seed) not in scores:
+                    extra = [override] if override else []
+                    scores[(override, seed)] = _train_on_validation(config_path, [*base, *extra, f"seed={seed}"])
+                    table = pd.DataFrame(
+                        [{"override": o, "seed": s, "val_mae": m, "epochs": e} for (o, s), (m, e) in scores.items()]
+                    )
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    with atomic_path(runs_path, suffix=".csv") as temp:
+                        table.to_csv(temp, index=False)
+                val_mae, epochs = scores[(override, seed)]
+                rows.append(
+                    {
+                        "choice": label,
+                        "setting": setting,
+                        "tuned": setting == current,
+                        "seed": seed,
+                        "val_mae": val_mae,
+                        "epochs": epochs,
+                    }
+                )
+    result = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / f"recipe_{loss}.csv", suffix=".csv") as temp:
+        result.to_csv(temp, index=False)
+    return result
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

@@ -86,20 +86,24 @@ def test_training_values_name_the_runs_still_improving() -> None:
     assert values["plateau_sentence"].endswith("still improving at the end: MSE seed 0.")
 
 
-def test_recipe_checks_and_learning_curve_values() -> None:
-    trials = pd.DataFrame(
+def test_recipe_table_and_learning_curve_values() -> None:
+    recipe = pd.DataFrame(
         {
-            "method": "rnc",
-            "val_mae": [6.0, 7.0, 8.0, 9.0, 6.5, 7.5],
-            "projection_dim": [0, 0, 128, 128, 0, 128],
-            "batch_size": [16, 32, 16, 32, 16, 32],
-            "temperature": [0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+            "choice": ["batch size"] * 4 + ["temperature"] * 4,
+            "setting": [32, 32, 64, 64, 2.0, 2.0, 1.0, 1.0],
+            "tuned": [True, True, False, False, True, True, False, False],
+            "seed": [0, 1] * 4,
+            "val_mae": [6.0, 6.4, 5.0, 5.2, 6.0, 6.4, 6.1, 6.5],
         }
     )
-    table = compare.recipe_checks(trials, "rnc").set_index(["choice", "setting"])
-    assert table.loc[("loss on", "encoder features"), "val_mae"] == pytest.approx(6.5)
-    assert table.loc[("batch size", "32"), "trials"] == 3
-    assert (table.xs("temperature")["trials"] == 2).all()
+    table = compare.recipe_table(recipe).set_index(["choice", "setting"])
+    assert table.loc[("batch size", "64"), "val_mae"] == pytest.approx(5.1)
+    assert table.loc[("batch size", "32"), "runs"] == 2 and table.loc[("batch size", "32"), "tuned"]
+    sentence = compare.recipe_values(compare.recipe_table(recipe))["recipe_sentence"]
+    assert sentence.startswith("batch size: 64 is best (5.10 y), 1.10 y below the tuned 32 (beyond the seed SD")
+    assert sentence.endswith("temperature: the tuned 2 is best (6.20 y).")
+    recipe.loc[2:3, "val_mae"] = [6.0, 6.2]
+    assert "within the seed spread" in compare.recipe_values(compare.recipe_table(recipe))["recipe_sentence"]
     curve = pd.DataFrame(
         {
             "method": ["rnc", "mse", "ridge", "rnc", "mse", "ridge"],

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -159,6 +160,27 @@ def test_contrastive_loss_on_encoder_features_without_projection_head(cohort: Pa
     assert pd.read_csv(run / "predictions.csv")["predicted_age"].notna().all()
     with pytest.raises(ValueError, match="projection_dim must be >= 0"):
         load_config(None, ["model.projection_dim=-1"])
+
+
+def test_epoch_size_cycles_a_small_training_set_with_fresh_views(cohort: Path, tmp_path: Path) -> None:
+    """``train.epoch_size``: a subset gets the full set's steps per epoch, each repeat a new augmentation."""
+    from brainage_core.engine import Trainer
+
+    base = [*tiny_overrides(tmp_path, cohort, "rnc"), "train.batch_size=4"]
+    full = Trainer(load_config(None, base), progress=False)
+    n_all = len(full.train_idx)
+    small = Trainer(load_config(None, [*base, "data.train_subjects=5", f"train.epoch_size={n_all}"]), progress=False)
+    assert len(small.train_idx) == 5
+    assert (small.steps_per_epoch, small.passes_per_epoch) == (full.steps_per_epoch, full.passes_per_epoch)
+    drawn = np.concatenate(small._batches(0))
+    assert len(drawn) == n_all and len(set(drawn.tolist())) == n_all, "every draw is its own dataset index"
+    shown = pd.Series(drawn % len(small.dataset)).value_counts()
+    assert set(shown.index) == set(small.train_idx.tolist()) and shown.max() - shown.min() <= 1
+    subject = int(small.train_idx[0])
+    first, again = small.dataset[subject], small.dataset[subject + len(small.dataset)]
+    assert first[1] == again[1] and not torch.equal(first[0], again[0]), "same subject, fresh views"
+    with pytest.raises(ValueError, match="train.epoch_size"):
+        load_config(None, ["train.epoch_size=0"])
 
 
 def test_bad_configs_fail_clearly(cohort: Path, tmp_path: Path) -> None:

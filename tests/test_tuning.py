@@ -9,14 +9,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from brainage_core import tuning
 from brainage_core.cli import main
 from brainage_core.config import load_config
 from brainage_core.engine import Trainer
 from brainage_core.imaging import VolumeCache
 from brainage_core.manifest import read_manifest
 from brainage_core.train import train
-from brainage_core.tuned import apply_tuned, tuned_overrides
-from brainage_core.tuning import tune
+from brainage_core.tuned import apply_tuned, read_recipe, tuned_overrides
+from brainage_core.tuning import check_recipe, tune
 from tests.conftest import write_tiny_cohort
 from tests.test_train import tiny_overrides
 
@@ -132,3 +133,36 @@ def test_tune_cli_rejects_bad_settings_before_training(tmp_path: Path, capsys: p
 def test_early_stopping_can_be_switched_off() -> None:
     assert load_config(None, []).train.patience == 6
     assert load_config(None, ["train.patience=null"]).train.patience is None, "null replaces a default"
+
+
+def test_recipe_checks_change_one_choice_at_a_time_on_validation(
+    cohort: Path, tmp_path: Path, reads: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = [*tiny_overrides(tmp_path, cohort, "rnc", epochs=2), "loss.params.temperature=2.0"]
+    choices = {"batch size": ("train.batch_size", (4, None)), "temperature": ("loss.params.temperature", (None, 1.0))}
+    runs = check_recipe("rnc", tmp_path / "recipe", base, seeds=(0,), choices=choices)
+    assert runs[["choice", "setting", "tuned"]].values.tolist() == [
+        ["batch size", 4, False],
+        ["batch size", 6, True],
+        ["temperature", 2.0, True],
+        ["temperature", 1.0, False],
+    ]
+    assert runs["val_mae"].notna().all() and (runs["epochs"] >= 1).all()
+    assert runs.loc[1, "val_mae"] == runs.loc[2, "val_mae"], "the starting point is one run, shared"
+    stored = pd.read_csv(tmp_path / "recipe" / "recipe_rnc_runs.csv")
+    assert len(stored) == 3, "three distinct runs: two changes and the starting point"
+    pd.testing.assert_frame_equal(read_recipe(tmp_path / "recipe" / "tuned.yml", "rnc"), runs, check_dtype=False)
+    read = {path for path, _ in reads}
+    assert read and not read & split_images(cohort, "test"), "recipe checks read a test-split scan"
+
+    assert main(["recipe", "--out", str(tmp_path / "bad"), "--set", f"data.manifest={tmp_path / 'none.csv'}"]) == 2
+    assert not (tmp_path / "bad").exists(), "a refused check leaves nothing on disk"
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(tuning, "_train_on_validation", no_training)
+    again = check_recipe("rnc", tmp_path / "recipe", base, seeds=(0,), choices=choices)
+    pd.testing.assert_frame_equal(again, runs)
+    with pytest.raises(ValueError, match="loss.params.margin: not set"):
+        check_recipe("rnc", tmp_path / "recipe", base, seeds=(0,), choices={"m": ("loss.params.margin", (None,))})

@@ -35,7 +35,8 @@ __all__ = [
     "learning_curve_values",
     "mean_predictor_verdict",
     "probe_errors",
-    "recipe_checks",
+    "recipe_table",
+    "recipe_values",
     "robustness_table",
     "robustness_values",
     "summarise_methods",
@@ -191,8 +192,12 @@ def mean_predictor_verdict(runs: pd.DataFrame) -> str:
     return f"{len(runs) - len(losing)} of {len(runs)} runs beat the mean predictor (test MAE {level}); not: {names}."
 
 
-def training_values(runs: pd.DataFrame) -> dict[str, str]:
+def training_values(runs: pd.DataFrame, run_label: str = "seed") -> dict[str, str]:
     """Two sentences on the schedule and compute of the runs (:func:`collect_runs`), as measured.
+
+    Args:
+        runs: the runs table of :func:`collect_runs`.
+        run_label: what the second key of a run is (``seed``; ``n =`` for learning-curve sizes).
 
     Returns:
         ``passes_sentence`` (the passes per epoch of each method, and whether they are equal)
@@ -211,7 +216,7 @@ def training_values(runs: pd.DataFrame) -> dict[str, str]:
     if before_last < len(runs):
         late = runs[runs["best_epoch"] >= runs["last_epoch"]]
         plateau += "; still improving at the end: " + ", ".join(
-            f"{row.method.upper()} seed {row.seed}" for row in late.itertuples()
+            f"{row.method.upper()} {run_label} {row.seed}" for row in late.itertuples()
         )
     return {"passes_sentence": f"{listed}: {equal}.", "plateau_sentence": plateau + "."}
 
@@ -250,33 +255,49 @@ def verdict_values(
     }
 
 
-def recipe_checks(trials: pd.DataFrame, method: str) -> pd.DataFrame:
-    """Mean best validation MAE of a method's tuning trials per setting of the RNC recipe's choices.
-
-    Args:
-        trials: the trials of :func:`~brainage_core.tuned.read_tuning`.
-        method: whose trials.
+def recipe_table(recipe: pd.DataFrame) -> pd.DataFrame:
+    """The controlled recipe checks (:func:`~brainage_core.tuning.check_recipe`), one row per setting.
 
     Returns:
-        One row per (``choice``, ``setting``): ``trials`` and ``val_mae`` (mean); the
-        temperature in three bins of equal trial count.
+        One row per (``choice``, ``setting``: as text, numbers to 3 significant digits) in the
+        order run: ``tuned`` (the starting
+        point's setting), ``runs``, ``val_mae`` (mean best validation MAE over seeds) and
+        ``val_mae_sd`` (their standard deviation; NaN with one seed).
     """
-    rows = trials[trials["method"] == method].dropna(subset=["val_mae"])
-    checks = {}
-    if "projection_dim" in rows:
-        checks["loss on"] = rows["projection_dim"].map({0: "encoder features", 128: "projection head (128)"})
-    if "batch_size" in rows:
-        checks["batch size"] = rows["batch_size"].astype(int).astype(str)
-    if "temperature" in rows and rows["temperature"].nunique() >= 3:
-        checks["temperature"] = pd.qcut(rows["temperature"], 3).astype(str)
-    tables = [
-        rows.groupby(setting, observed=True)["val_mae"].agg(trials="count", val_mae="mean").assign(choice=choice)
-        for choice, setting in checks.items()
-    ]
-    if not tables:
-        return pd.DataFrame(columns=["choice", "setting", "trials", "val_mae"])
-    table = pd.concat(tables).rename_axis("setting").reset_index()
-    return table[["choice", "setting", "trials", "val_mae"]]
+    if recipe.empty:
+        return pd.DataFrame(columns=["choice", "setting", "tuned", "runs", "val_mae", "val_mae_sd"])
+    recipe = recipe.assign(
+        setting=[f"{value:.3g}" if isinstance(value, float) else str(value) for value in recipe["setting"]]
+    )
+    table = recipe.groupby(["choice", "setting"], sort=False).agg(
+        tuned=("tuned", "first"), runs=("val_mae", "count"), val_mae=("val_mae", "mean"), val_mae_sd=("val_mae", "std")
+    )
+    return table.reset_index()
+
+
+def recipe_values(table: pd.DataFrame) -> dict[str, str]:
+    """One sentence per choice of :func:`recipe_table`: the best setting on validation, and by how much.
+
+    Returns:
+        ``recipe_sentence``: for each choice, the setting with the lowest mean validation MAE,
+        the tuned setting's, and whether the gap exceeds the larger seed SD of the two (else
+        "within the seed spread").
+    """
+    parts = []
+    for choice, rows in table.groupby("choice", sort=False):
+        best = rows.loc[rows["val_mae"].idxmin()]
+        tuned = rows[rows["tuned"]].iloc[0]
+        if best["setting"] == tuned["setting"]:
+            parts.append(f"{choice}: the tuned {tuned['setting']} is best ({tuned['val_mae']:.2f} y)")
+            continue
+        gap = tuned["val_mae"] - best["val_mae"]
+        spread = np.nanmax([best["val_mae_sd"], tuned["val_mae_sd"]]) if rows["runs"].max() > 1 else np.nan
+        clear = "within the seed spread" if not gap > spread else f"beyond the seed SD of {spread:.2f} y"
+        parts.append(
+            f"{choice}: {best['setting']} is best ({best['val_mae']:.2f} y), {gap:.2f} y below the tuned "
+            f"{tuned['setting']} ({clear})"
+        )
+    return {"recipe_sentence": "; ".join(parts) + "." if parts else "No recipe checks were run."}
 
 
 def learning_curve_values(curve: pd.DataFrame, reference: str) -> dict[str, str]:

@@ -219,18 +219,24 @@ def learning_curve(
     tuned: str | os.PathLike[str] | None = None,
     n_boot: int | None = None,
     runs_root: str | os.PathLike[str] | None = None,
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[tuple[str, int], Path]]:
     """Test MAE against the number of training subjects, for deep methods and ridge.
 
     Each deep method is trained (one run per size, ``data.train_subjects``, into
-    ``work_dir/n<size>``) and selected on the full validation set; ridge on tissue fractions is
+    ``work_dir/n<size>``) and selected on the full validation set. The schedule is step-matched:
+    an epoch of a smaller set cycles its subjects up to the size of the full training set
+    (``train.epoch_size``), so every point gets the same optimiser steps, augmented views, epochs
+    and early-stopping clock as the full run, and a small set is not stopped short of its plateau
+    for want of steps. Ridge on tissue fractions is
     fitted on the same training subjects (:func:`~brainage_core.analysis.baseline.split_baseline_errors`).
     The point with every training scan is always added; its runs are those of ``runs_root``
     (:func:`ensure_runs`: reused when they exist), or trained into ``work_dir/all``.
 
     Returns:
-        One row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``, ``mae_high``
-        (95 % bootstrap over test controls).
+        The curve, one row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``,
+        ``mae_high`` (95 % bootstrap over test controls); and the deep runs' folders by
+        (method, size), for their validation curves
+        (:func:`~brainage_core.analysis.compare.validation_curves`).
     """
     from brainage_core.analysis.baseline import split_baseline_errors
     from brainage_core.analysis.compare import collect_runs
@@ -241,11 +247,15 @@ def learning_curve(
     split = assign_splits(frame, config.data.test_fold)
     n_available = int(((split == "train") & frame["group"].isin(list(config.data.train_groups))).sum())
     rows = []
+    run_dirs: dict[tuple[str, int], Path] = {}
     for size in sorted({min(int(size), n_available) for size in sizes} | {n_available}):
         sized = copy.deepcopy(config)
         sized.data.train_subjects = size if size < n_available else None
+        sized.train.epoch_size = n_available if size < n_available else None
         root = Path(work_dir) / f"n{size}" if size < n_available else Path(runs_root or Path(work_dir) / "all")
-        _, errors = collect_runs(ensure_runs(sized, root, methods, [seed], tuned=tuned))
+        sized_runs = ensure_runs(sized, root, methods, [seed], tuned=tuned)
+        run_dirs.update({(method, size): run_dir for (method, _), run_dir in sized_runs.items()})
+        _, errors = collect_runs(sized_runs)
         ridge = split_baseline_errors(
             config.data.manifest,
             groups=config.data.train_groups,
@@ -264,7 +274,7 @@ def learning_curve(
                     "mae_high": high,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), run_dirs
 
 
 @dataclass
