@@ -120,11 +120,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
+    from brainage_core.analysis.compare import recipe_table, recipe_values
     from brainage_core.tuning import check_recipe
 
     runs = check_recipe(args.loss, args.out, args.set or [], args.config, tuned=args.tuned, seeds=args.seeds)
-    summary = runs.groupby(["choice", "setting"], sort=False)["val_mae"].agg(["mean", "std", "count"])
-    print(summary.round(2).to_string())
+    table = recipe_table(runs)
+    print(table.round(2).to_string(index=False))
+    print(recipe_values(table)["recipe_sentence"])
     print(f"runs: {args.out / f'recipe_{args.loss}.csv'}")
     return 0
 

@@ -55,7 +55,7 @@ PRUNER_WARMUP_EPOCHS = 5  # epochs every trial runs before it may be pruned
 # temperature (the paper's 2). ``None`` stands for the tuned value itself.
 RECIPE_CHOICES: dict[str, tuple[str, tuple[Any, ...]]] = {
     "batch size": ("train.batch_size", (16, 32, 64)),
-    "loss on": ("model.projection_dim", (0, 128)),
+    "projection dim (0: none)": ("model.projection_dim", (0, 128)),
     "temperature": ("loss.params.temperature", (1.0, 2.0, None)),
 }
 
