@@ -58,6 +58,7 @@ __all__ = [
     "read_config",
     "read_history",
     "read_predictions",
+    "selected_epoch",
     "stored_config_differences",
     "write_config",
 ]
@@ -215,6 +216,11 @@ def stored_config_differences(run_dir: str | os.PathLike[str], config: RunConfig
 def read_history(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """``metrics.csv``: one row per epoch (epoch, train_loss, val_mae, ...)."""
     return pd.read_csv(_run_file(run_dir, "metrics.csv"))
+
+
+def selected_epoch(history: pd.DataFrame) -> int:
+    """The epoch training kept: the first with the lowest validation MAE (as the engine selects)."""
+    return int(history.loc[history["val_mae"].idxmin(), "epoch"])
 
 
 def read_predictions(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ from brainage_core.fileio import atomic_path
 from brainage_core.inference import extract_features, predict_ages
 from brainage_core.manifest import read_manifest
 from brainage_core.ownership import claim
-from brainage_core.rundir import load_model, read_config, read_history, read_predictions
+from brainage_core.rundir import load_model, read_config, read_history, read_predictions, selected_epoch
 
 __all__ = [
     "analyse_features",
@@ -85,7 +85,7 @@ def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> 
                 **regression_metrics(predictions["age"], predictions["predicted_age"]),
                 "probe_mae": float((probe - predictions["age"]).abs().mean()),
                 "mean_predictor_mae": float((predictions["age"] - training_mean).abs().mean()),
-                "best_epoch": int(history.loc[history["val_mae"].idxmin(), "epoch"]),
+                "best_epoch": selected_epoch(history),
                 "last_epoch": int(history["epoch"].max()),
                 "max_epochs": max_epochs,
                 "stopped_early": bool(history["epoch"].max() < max_epochs),
@@ -140,11 +140,7 @@ def validation_curves(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]
     curves = []
     for (method, seed), run_dir in run_dirs.items():
         history = read_history(run_dir)[["epoch", "train_mae", "val_mae"]]
-        curves.append(
-            history.assign(
-                method=method, seed=seed, selected=history["epoch"] == history.loc[history["val_mae"].idxmin(), "epoch"]
-            )
-        )
+        curves.append(history.assign(method=method, seed=seed, selected=history["epoch"] == selected_epoch(history)))
     return pd.concat(curves, ignore_index=True)
 
 

@@ -15,6 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from brainage_core.rundir import selected_epoch
+
 __all__ = ["GROUP_COLOURS", "plot_learning_curves", "plot_predicted_vs_true", "plot_volume_slices"]
 
 GROUP_COLOURS = {"CN": "#4C72B0", "MCI": "#8172B3", "AD": "#C44E52", "PD": "#DD8452"}
@@ -27,8 +29,8 @@ def plot_learning_curves(metrics: pd.DataFrame, title: str = "") -> Figure:
     loss_ax.set(xlabel="epoch", ylabel="training loss")
     mae_ax.plot(metrics["epoch"], metrics["train_mae"], marker="o", label="train")
     mae_ax.plot(metrics["epoch"], metrics["val_mae"], marker="o", label="validation")
-    best = metrics.loc[metrics["val_mae"].idxmin()]
-    mae_ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"selected (epoch {int(best['epoch'])})")
+    best = selected_epoch(metrics)
+    mae_ax.axvline(best, color="grey", linestyle=":", label=f"selected (epoch {best})")
     mae_ax.set(xlabel="epoch", ylabel="MAE (years)")
     mae_ax.legend(frameon=False)
     fig.suptitle(title)
