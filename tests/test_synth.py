@@ -317,6 +317,41 @@ def test_intensities_and_effect_map(model: synth.SynthModel) -> None:
     assert old.effect[ventricle_rim].mean() > 5 * old.effect[(old.mask > 0) & ~ventricle_rim].mean()
 
 
+def test_age_derivative_is_exact_where_the_image_is_linear_in_age() -> None:
+    """With every volume change switched off, only the GM/WM contrast moves, linearly in age:
+    the finite difference equals the analytic slope, voxel by voxel."""
+    aging = dataclasses.replace(
+        synth.AgingEffects(),
+        gm_loss_per_year=0.0,
+        gm_loss_acceleration=0.0,
+        wm_gain_max=0.0,
+        wm_decline_quadratic=0.0,
+        ventricle_growth_per_year=0.0,
+        ventricle_growth_quadratic=0.0,
+        wmh_growth_per_year=0.0,
+    )
+    still = synth.prepare_model(SPACING, dataclasses.replace(synth.SynthConfig(), aging=aging))
+    subject = _subject(still, age=70.0)
+    derivative = synth.age_derivative(still, subject)
+    images = synth.synthesize_subject(still, subject)
+    tissues, levels = images.tissues, still.config.intensities
+    rate = aging.contrast_loss_per_year
+    expected = (-rate * levels.wm * tissues["wm"] + rate * levels.gm * tissues["gm"]) / levels.wm
+    expected = expected * (images.mask > 0)
+    np.testing.assert_allclose(derivative, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="step must be > 0"):
+        synth.age_derivative(still, subject, step=0.0)
+
+
+def test_age_derivative_marks_where_an_old_brain_is_aging(model: synth.SynthModel) -> None:
+    subject = _subject(model, age=75.0)
+    derivative = np.abs(synth.age_derivative(model, subject))
+    tissues = synth.synthesize_subject(model, subject).tissues
+    rim = (tissues["csf_ventricular"] > 0.05) & (tissues["csf_ventricular"] < 0.95)
+    deep_wm = (tissues["wm"] > 0.99) & (tissues["wmh"] == 0)
+    assert derivative[rim].mean() > 5 * derivative[deep_wm].mean()
+
+
 def test_disease_effects_scale_with_severity(model: synth.SynthModel) -> None:
     control = _volumes(model, _subject(model))
     ad = {cdr: _volumes(model, _subject(model, group="AD", cdr=cdr, severity=cdr)) for cdr in (0.5, 1.0, 2.0)}

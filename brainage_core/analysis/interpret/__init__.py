@@ -6,6 +6,11 @@ The package has one module per idea; every public name is re-exported here, so
 * :mod:`~brainage_core.analysis.interpret.gradram`: :class:`GradRAM` (Grad-CAM for a scalar
   regression output, on MONAI's CAM machinery), :func:`saliency_maps`, :func:`randomized_copy`
   and the maths and limits of the maps.
+* :mod:`~brainage_core.analysis.interpret.attributions`: :func:`attribution_maps` (gradient x
+  input, integrated gradients, occlusion) at the input's resolution.
+* :mod:`~brainage_core.analysis.interpret.priors`: the content-free maps a saliency map must
+  beat (:func:`central_blob`, :func:`population_prior`, on a layer's grid with
+  :func:`layer_grid`) and :func:`deletion_curves` / :func:`deletion_areas`.
 * :mod:`~brainage_core.analysis.interpret.scoring`: :func:`saliency_in_ground_truth`,
   :func:`randomization_check`, :func:`region_summary`, :func:`map_similarity`.
 * :mod:`~brainage_core.analysis.interpret.maps_io`: :func:`save_map_nifti`,
@@ -16,11 +21,12 @@ The package has one module per idea; every public name is re-exported here, so
   :func:`choose_layer`, the target layer chosen on validation scans.
 * :mod:`~brainage_core.analysis.interpret.tables`: :func:`ground_truth_table`,
   :func:`randomization_table` and :func:`saliency_values` of several models' ``explain_run``
-  results.
+  results, and :func:`prior_comparison` (each map against every baseline, with intervals).
 """
 
 from __future__ import annotations
 
+from brainage_core.analysis.interpret.attributions import ATTRIBUTION_METHODS, attribution_maps
 from brainage_core.analysis.interpret.explain import choose_layer, explain_run
 from brainage_core.analysis.interpret.gradram import (
     DEFAULT_LAYER,
@@ -36,26 +42,50 @@ from brainage_core.analysis.interpret.maps_io import (
     plot_map_on_template,
     save_map_nifti,
 )
+from brainage_core.analysis.interpret.priors import (
+    DELETION_FRACTIONS,
+    central_blob,
+    deletion_areas,
+    deletion_curves,
+    layer_grid,
+    layer_shape,
+    population_prior,
+)
 from brainage_core.analysis.interpret.scoring import (
     map_similarity,
     randomization_check,
     region_summary,
     saliency_in_ground_truth,
 )
-from brainage_core.analysis.interpret.tables import ground_truth_table, randomization_table, saliency_values
+from brainage_core.analysis.interpret.tables import (
+    ground_truth_table,
+    prior_comparison,
+    randomization_table,
+    saliency_values,
+)
 
 __all__ = [
+    "ATTRIBUTION_METHODS",
     "DEFAULT_LAYER",
+    "DELETION_FRACTIONS",
     "GradRAM",
     "age_band_labels",
+    "attribution_maps",
+    "central_blob",
     "choose_layer",
+    "deletion_areas",
+    "deletion_curves",
     "explain_run",
     "ground_truth_table",
     "group_average_maps",
+    "layer_grid",
+    "layer_shape",
     "load_on_grid",
     "map_similarity",
     "max_abs_normalizer",
     "plot_map_on_template",
+    "population_prior",
+    "prior_comparison",
     "randomization_check",
     "randomization_table",
     "randomized_copy",

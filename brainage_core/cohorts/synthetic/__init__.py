@@ -12,7 +12,8 @@ individual variation (head, shape, pose, scanner). Every effect size lives in
 - :mod:`~brainage_core.cohorts.synthetic.subjects`: each subject's scalars and split;
 - :mod:`~brainage_core.cohorts.synthetic.tissue_template`: tissue compartments of the template;
 - :mod:`~brainage_core.cohorts.synthetic.model`: the aging and disease model in template space;
-- :mod:`~brainage_core.cohorts.synthetic.images`: one subject's T1, mask, effect map and volumes;
+- :mod:`~brainage_core.cohorts.synthetic.images`: one subject's T1, mask, effect map and volumes,
+  and :func:`age_derivative`, the change of its noise-free T1 per year of age;
 - :mod:`~brainage_core.cohorts.synthetic.writer`: :func:`generate_cohort` and the files it writes.
 
 The names in ``__all__`` below are importable from ``brainage_core.cohorts.synthetic`` itself.
@@ -21,6 +22,7 @@ The names in ``__all__`` below are importable from ``brainage_core.cohorts.synth
 from brainage_core.cohorts.synthetic.config import SynthConfig
 from brainage_core.cohorts.synthetic.images import (
     SubjectImages,
+    age_derivative,
     image_tissue_volumes,
     synthesize_subject,
     tissue_volumes,
@@ -60,6 +62,7 @@ __all__ = [
     "SynthConfig",
     "SynthModel",
     "TissueIntensities",
+    "age_derivative",
     "aging_targets",
     "assign_cohort_splits",
     "generate_cohort",

@@ -14,6 +14,7 @@ reference age without disease.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from brainage_core.cohorts.synthetic.config import SynthConfig
 from brainage_core.cohorts.synthetic.model import SynthModel, age_tissues, aging_targets, field_at, smooth_field
 from brainage_core.cohorts.synthetic.subjects import SubjectParams
 
-__all__ = ["SubjectImages", "image_tissue_volumes", "synthesize_subject", "tissue_volumes"]
+__all__ = ["SubjectImages", "age_derivative", "image_tissue_volumes", "synthesize_subject", "tissue_volumes"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class SubjectImages:
     Attributes:
         image: ``(X, Y, Z)`` int16 T1 (WM about ``intensities.scale``), 0 outside the mask.
         effect: ``(X, Y, Z)`` float32 |noise-free T1 - reference T1| relative to WM.
+        clean: ``(X, Y, Z)`` float32 noise-free, site-free T1 relative to WM (0 outside the mask).
         mask: ``(X, Y, Z)`` uint8 brain (intracranial) mask.
         tissues: ``(X, Y, Z)`` float32 fractions ``gm``, ``wm``, ``csf_ventricular``,
             ``csf_sulcal``, ``wmh``, ``hippocampal_gm``.
@@ -45,6 +47,7 @@ class SubjectImages:
 
     image: np.ndarray
     effect: np.ndarray
+    clean: np.ndarray
     mask: np.ndarray
     tissues: dict[str, np.ndarray]
 
@@ -116,9 +119,30 @@ def synthesize_subject(model: SynthModel, subject: SubjectParams) -> SubjectImag
     return SubjectImages(
         image=to_grid(np.clip(np.round(signal), 0, np.iinfo(np.int16).max) * inside, np.int16),
         effect=to_grid(np.abs(clean - reference) * inside, np.float32),
+        clean=to_grid(clean * inside, np.float32),
         mask=to_grid(inside, np.uint8),
         tissues={name: to_grid(values, np.float32) for name, values in warped.items()},
     )
+
+
+def age_derivative(model: SynthModel, subject: SubjectParams, step: float = 0.5) -> np.ndarray:
+    """How the subject's noise-free T1 changes with biological age: the saliency ground truth.
+
+    The central difference ``(T1(a + step) - T1(a - step)) / (2 step)`` of the noise-free,
+    site-free image (:attr:`SubjectImages.clean`) at the subject's biological age ``a``, with
+    everything else (head, shape, pose, WMH texture, disease) the subject's own: the voxels
+    whose intensity the subject's aging moves, per year. Exact where the image is linear in age
+    over ``a +- step``; WMH growth is stepwise (a voxel turns WMH or not), so WMH voxels show a
+    step's jump where it happens.
+
+    Returns:
+        ``(X, Y, Z)`` float32, relative to WM intensity per year (signed).
+    """
+    if step <= 0:
+        raise ValueError(f"step must be > 0 years, got {step}")
+    older = synthesize_subject(model, dataclasses.replace(subject, age=subject.age + step))
+    younger = synthesize_subject(model, dataclasses.replace(subject, age=subject.age - step))
+    return ((older.clean - younger.clean) / (2.0 * step)).astype(np.float32)
 
 
 def tissue_volumes(tissues: Mapping[str, np.ndarray], spacing: float) -> dict[str, float]:
