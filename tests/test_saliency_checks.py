@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
+from brainage_core.analysis import interpret
 from brainage_core.analysis.interpret import GradRAM, saliency_maps
 from brainage_core.analysis.interpret.attributions import ATTRIBUTION_METHODS, attribution_maps
+from brainage_core.analysis.interpret.benchmark import BASELINES, saliency_benchmark
 from brainage_core.analysis.interpret.priors import (
     central_blob,
     deletion_areas,
@@ -18,8 +23,12 @@ from brainage_core.analysis.interpret.priors import (
     population_prior,
 )
 from brainage_core.analysis.interpret.tables import prior_comparison
+from brainage_core.cohorts.synthetic import generate_cohort
+from brainage_core.config import load_config
 from brainage_core.models import ModelConfig, build_model
+from brainage_core.train import train
 from tests.test_interpret import SIZE, OneRegionNet, one_region_cohort
+from tests.test_train import tiny_overrides
 
 
 def test_baselines_live_on_the_grid_of_the_layer_maps() -> None:
@@ -115,3 +124,58 @@ def test_integrated_gradients_are_complete() -> None:
     torch.testing.assert_close(maps.flatten(1).sum(1), expected, atol=0.05, rtol=0.01)
     with pytest.raises(ValueError, match="unknown attribution method"):
         attribution_maps(model, volumes, "lime")
+
+
+def test_benchmark_scores_each_method_against_every_baseline(tmp_path: Path) -> None:
+    manifest = generate_cohort(tmp_path / "cohort", n_subjects=24, seed=0, spacing=4.0, progress=False, workers=1)
+    run = train(load_config(None, tiny_overrides(tmp_path, manifest, "rnc")), tmp_path / "run", progress=False)
+    methods = ("gradram", "gradient_x_input")
+    result = saliency_benchmark(
+        {"rnc": run}, tmp_path / "dage", layer="encoder.layer2", methods=methods, min_age=20, n_boot=200
+    )
+    n = result.n_subjects
+    assert n >= 1 and len(list((tmp_path / "dage").glob("*_dage.nii.gz"))) == n
+    assert len(result.lifts) == len(methods) * 4 * n
+    assert set(result.lifts["candidate"]) == {"map", "central_blob", "population_prior", "random_weights"}
+    assert (result.lifts["lift"] >= 0).all()
+    assert len(result.comparison) == len(methods) * 4 and set(result.comparison["baseline"]) == set(BASELINES)
+    assert (result.comparison.query("baseline == 'chance'")["baseline_score"] == 1.0).all()
+    assert {"random", "central_blob", "population_prior", *methods} == set(result.deletion["method"])
+    assert set(result.deletion_areas["method"]) == {"central_blob", "population_prior", *methods}
+    with pytest.raises(ValueError, match="no healthy test scan aged >= 200"):
+        saliency_benchmark({"rnc": run}, tmp_path / "dage", methods=methods, min_age=200)
+
+
+def test_benchmark_sentences_say_when_no_map_beats_the_baselines() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.normal(3.0, 0.3, size=40)
+    rows = []
+    for model, gain in (("RNC", 0.5), ("MSE", -1.0)):
+        scores = {"map": base + gain, "chance": np.ones(40), "central_blob": base, "random_weights": base - 2}
+        table = prior_comparison(scores, ["map"], ["chance", "central_blob", "random_weights"], n_boot=300)
+        rows.append(table.drop(columns="map").assign(model=model, method="gradram"))
+    comparison = pd.concat(rows, ignore_index=True)
+    areas = pd.DataFrame(
+        {"model": ["RNC", "MSE", "RNC"], "method": ["gradram", "gradram", "central_blob"], "area": [0.5, -0.2, 1.0]}
+    )
+    values = interpret.benchmark_values(comparison, areas, "RNC", "MSE")
+    assert (
+        values["verdict"].startswith("1 of 2 maps beat every trivial baseline") and "RNC gradram" in values["verdict"]
+    )
+    assert "The hardest baseline is the central blob, which 1 maps do not beat." in values["verdict"]
+    assert values["deletion"].startswith("Deleting the most salient voxels first hurts the model more than random")
+    assert (
+        "for 1 of 2 maps (RNC gradram)" in values["deletion"]
+        and "content-free map 1.00 (RNC central blob)" in values["deletion"]
+    )
+    table = interpret.benchmark_table(comparison)
+    assert table.loc[("RNC", "gradram"), "beats all"] == "yes" and table.loc[("MSE", "gradram"), "beats all"] == "no"
+    assert table.loc[("RNC", "gradram"), "central_blob diff"].endswith("*")
+    comparison["beats"], comparison["beats_all"] = False, False
+    assert interpret.benchmark_values(comparison, areas, "RNC", "MSE")["verdict"].startswith("None of the 2 maps")
+
+
+def test_randomization_reading_does_not_take_anticorrelation_for_learning() -> None:
+    assert "not evidence" in interpret.randomization_sentence(-0.5)
+    assert "echo the input" in interpret.randomization_sentence(0.8)
+    assert "changed with training" in interpret.randomization_sentence(0.1)

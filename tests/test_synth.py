@@ -352,6 +352,27 @@ def test_age_derivative_marks_where_an_old_brain_is_aging(model: synth.SynthMode
     assert derivative[rim].mean() > 5 * derivative[deep_wm].mean()
 
 
+def test_age_derivatives_of_a_written_cohort(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    cohort = cohorts["one_worker"].parent
+    model, subjects = synth.cohort_subjects(cohort)
+    first = read_manifest(cohorts["one_worker"]).iloc[0]
+    redrawn = synth.synthesize_subject(model, subjects[first["subject_id"]]).image
+    np.testing.assert_array_equal(redrawn, np.asarray(nib.load(first["image"]).dataobj))  # drawn again exactly
+    ids = sorted(subjects)[:2]
+    paths = synth.write_age_derivatives(cohort, ids, tmp_path / "dage")
+    for subject_id, path in paths.items():
+        stored = nib.load(path)
+        np.testing.assert_allclose(stored.get_fdata(), synth.age_derivative(model, subjects[subject_id]), atol=1e-6)
+        np.testing.assert_allclose(stored.affine, model.affine)
+    stamp = paths[ids[0]].stat().st_mtime_ns
+    assert synth.write_age_derivatives(cohort, ids, tmp_path / "dage") == paths
+    assert paths[ids[0]].stat().st_mtime_ns == stamp, "existing maps are reused"
+    with pytest.raises(ValueError, match="no subjects"):
+        synth.write_age_derivatives(cohort, ["sub-9999"], tmp_path / "dage")
+    with pytest.raises(ValueError, match="no cohort.json"):
+        synth.cohort_subjects(tmp_path)
+
+
 def test_disease_effects_scale_with_severity(model: synth.SynthModel) -> None:
     control = _volumes(model, _subject(model))
     ad = {cdr: _volumes(model, _subject(model, group="AD", cdr=cdr, severity=cdr)) for cdr in (0.5, 1.0, 2.0)}

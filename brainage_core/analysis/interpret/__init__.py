@@ -11,6 +11,8 @@ The package has one module per idea; every public name is re-exported here, so
 * :mod:`~brainage_core.analysis.interpret.priors`: the content-free maps a saliency map must
   beat (:func:`central_blob`, :func:`population_prior`, on a layer's grid with
   :func:`layer_grid`) and :func:`deletion_curves` / :func:`deletion_areas`.
+* :mod:`~brainage_core.analysis.interpret.benchmark`: :func:`saliency_benchmark`, every map
+  against the phantom's age-derivative truth and the trivial baselines, and deletion curves.
 * :mod:`~brainage_core.analysis.interpret.scoring`: :func:`saliency_in_ground_truth`,
   :func:`randomization_check`, :func:`region_summary`, :func:`map_similarity`.
 * :mod:`~brainage_core.analysis.interpret.maps_io`: :func:`save_map_nifti`,
@@ -27,6 +29,7 @@ The package has one module per idea; every public name is re-exported here, so
 from __future__ import annotations
 
 from brainage_core.analysis.interpret.attributions import ATTRIBUTION_METHODS, attribution_maps
+from brainage_core.analysis.interpret.benchmark import BASELINES, SaliencyBenchmark, saliency_benchmark
 from brainage_core.analysis.interpret.explain import choose_layer, explain_run
 from brainage_core.analysis.interpret.gradram import (
     DEFAULT_LAYER,
@@ -58,19 +61,26 @@ from brainage_core.analysis.interpret.scoring import (
     saliency_in_ground_truth,
 )
 from brainage_core.analysis.interpret.tables import (
+    benchmark_table,
+    benchmark_values,
     ground_truth_table,
     prior_comparison,
+    randomization_sentence,
     randomization_table,
     saliency_values,
 )
 
 __all__ = [
     "ATTRIBUTION_METHODS",
+    "BASELINES",
     "DEFAULT_LAYER",
     "DELETION_FRACTIONS",
     "GradRAM",
+    "SaliencyBenchmark",
     "age_band_labels",
     "attribution_maps",
+    "benchmark_table",
+    "benchmark_values",
     "central_blob",
     "choose_layer",
     "deletion_areas",
@@ -87,9 +97,11 @@ __all__ = [
     "population_prior",
     "prior_comparison",
     "randomization_check",
+    "randomization_sentence",
     "randomization_table",
     "randomized_copy",
     "region_summary",
+    "saliency_benchmark",
     "saliency_in_ground_truth",
     "saliency_maps",
     "saliency_values",

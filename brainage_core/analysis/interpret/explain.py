@@ -36,7 +36,7 @@ from brainage_core.rundir import load_model
 
 __all__ = ["choose_layer", "explain_run"]
 
-LAYER_CANDIDATES = ("encoder.layer3", "encoder.layer4")
+LAYER_CANDIDATES = ("encoder.layer2", "encoder.layer3", "encoder.layer4")
 
 
 def _safe_name(text: str) -> str:

@@ -5,7 +5,9 @@
 * :func:`randomization_table`: the trained-vs-random map similarity of every model.
 * :func:`saliency_values`: the numbers the Grad-RAM chapter quotes from both.
 * :func:`prior_comparison`: each map's per-scan score against content-free baselines (chance,
-  central blob, population prior, random weights), with bootstrap intervals over scans.
+  central blob, population prior, random weights), with bootstrap intervals over scans;
+  :func:`benchmark_table` and :func:`benchmark_values` present the phantom benchmark's.
+* :func:`randomization_sentence`: what a trained-vs-random correlation does and does not show.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import pandas as pd
 
 from brainage_core.analysis.metrics import N_BOOT
 
-__all__ = ["ground_truth_table", "prior_comparison", "randomization_table", "saliency_values"]
+__all__ = [
+    "benchmark_table",
+    "benchmark_values",
+    "ground_truth_table",
+    "prior_comparison",
+    "randomization_sentence",
+    "randomization_table",
+    "saliency_values",
+]
 
 GROUND_TRUTH_COLUMNS = ("overlap", "chance", "lift", "spearman")
 RANDOMIZATION_COLUMNS = ("spearman", "pearson", "ssim", "n_subjects")
@@ -149,3 +159,108 @@ def prior_comparison(
     table = pd.DataFrame(rows)
     table["beats_all"] = table.groupby("map")["beats"].transform("all")
     return table
+
+
+def benchmark_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, method): the map's lift and, per baseline, its lift and the difference.
+
+    Args:
+        comparison: ``SaliencyBenchmark.comparison``
+            (:func:`~brainage_core.analysis.interpret.benchmark.saliency_benchmark`).
+
+    Returns:
+        Index (``model``, ``method``); columns ``lift`` (the map's mean lift), then for each
+        baseline ``<baseline>`` (its mean lift) and ``<baseline> diff`` (``d [low, high]``, a
+        star when the interval lies above 0), and ``beats all`` (yes/no).
+    """
+    rows = {}
+    for (model, method), group in comparison.groupby(["model", "method"], sort=False):
+        row: dict[str, Any] = {"lift": float(group["score"].iloc[0])}
+        for item in group.itertuples():
+            star = "*" if item.beats else ""
+            row[str(item.baseline)] = float(item.baseline_score)
+            row[f"{item.baseline} diff"] = (
+                f"{item.difference:+.2f} [{item.difference_low:+.2f}, {item.difference_high:+.2f}]{star}"
+            )
+        row["beats all"] = "yes" if bool(group["beats_all"].iloc[0]) else "no"
+        rows[(model, method)] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = table.index.set_names(["model", "method"])
+    return table
+
+
+def benchmark_values(comparison: pd.DataFrame, areas: pd.DataFrame, reference: str, other: str) -> dict[str, str]:
+    """The chapter's verdict sentences on the benchmark, from the numbers.
+
+    Args:
+        comparison: ``SaliencyBenchmark.comparison``.
+        areas: ``SaliencyBenchmark.deletion_areas``.
+        reference: the model the chapter is about (e.g. ``RNC``); ``other``: its comparison (``MSE``).
+
+    Returns:
+        ``verdict`` (how many maps beat all baselines, which, and which baseline stops the
+        others), ``versus`` (the reference's best method against the other model's, by lift)
+        and ``deletion`` (which maps' deletion hurts the model more than random deletion).
+    """
+    judged = comparison.groupby(["model", "method"], sort=False)
+    winners = [f"{model} {method}" for (model, method), group in judged if bool(group["beats_all"].iloc[0])]
+    # The hardest baseline: beaten by the fewest maps, then with the lowest mean margin.
+    hardness = comparison.groupby("baseline").agg(
+        unbeaten=("beats", lambda beats: int((~beats).sum())), margin=("difference", "mean")
+    )
+    unbeaten = hardness[hardness["unbeaten"] > 0].sort_values(["unbeaten", "margin"], ascending=[False, True])[
+        "unbeaten"
+    ]
+    if winners:
+        verdict = (
+            f"{len(winners)} of {judged.ngroups} maps beat every trivial baseline (chance, central blob, "
+            f"population prior, random weights; 95 % intervals over scans): {', '.join(winners)}."
+        )
+    else:
+        verdict = (
+            f"None of the {judged.ngroups} maps beats every trivial baseline (chance, central blob, "
+            "population prior, random weights; 95 % intervals over scans)."
+        )
+    if len(unbeaten):
+        verdict += f" The hardest baseline is the {unbeaten.index[0].replace('_', ' ')}, which {int(unbeaten.iloc[0])} maps do not beat."
+    lifts = comparison.groupby(["model", "method"], sort=False)["score"].first()
+    best = {model: lifts[model].idxmax() for model in (reference, other) if model in lifts.index.get_level_values(0)}
+    versus = ""
+    if len(best) == 2:
+        versus = (
+            f"The highest lift of {reference} is {lifts[(reference, best[reference])]:.2f} ({best[reference]}), "
+            f"of {other} {lifts[(other, best[other])]:.2f} ({best[other]})."
+        )
+    priors = areas["method"].isin(["central_blob", "population_prior"])
+    maps = areas[~priors]
+    hurting = [f"{row.model} {row.method}" for row in maps.itertuples() if row.area > 0]
+    deletion = (
+        f"Deleting the most salient voxels first hurts the model more than random deletion for {len(hurting)} "
+        f"of {len(maps)} maps" + (f" ({', '.join(hurting)})" if hurting else "")
+    )
+    if priors.any() and len(maps):
+        best_map, best_prior = maps.loc[maps["area"].idxmax()], areas[priors].loc[areas[priors]["area"].idxmax()]
+        deletion += (
+            f"; the largest area of a map is {best_map['area']:.2f} ({best_map['model']} {best_map['method']}), "
+            f"of a content-free map {best_prior['area']:.2f} ({best_prior['model']} "
+            f"{str(best_prior['method']).replace('_', ' ')})"
+        )
+    deletion += "."
+    return {"verdict": verdict, "versus": versus, "deletion": deletion}
+
+
+def randomization_sentence(spearman: float) -> str:
+    """How to read the trained-vs-random rank correlation of the maps (Adebayo et al. 2018).
+
+    A correlation near +1 means the maps barely depend on the weights; a strong negative one
+    means both networks' maps follow the same input structure with the sign flipped, which is
+    not evidence of learning either; only a weak correlation says the maps changed with training.
+    """
+    if spearman >= 0.3:
+        return f"{spearman:.2f}: similar maps, so they largely echo the input, not what the model learned"
+    if spearman <= -0.3:
+        return (
+            f"{spearman:.2f}: strongly anti-correlated, so both maps follow the same input structure with the sign "
+            "flipped; this is not evidence that the maps reflect learning"
+        )
+    return f"{spearman:.2f}: weakly related, so the maps changed with training"

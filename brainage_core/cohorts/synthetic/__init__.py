@@ -42,7 +42,13 @@ from brainage_core.cohorts.synthetic.params import (
 )
 from brainage_core.cohorts.synthetic.subjects import SubjectParams, assign_cohort_splits, sample_subjects
 from brainage_core.cohorts.synthetic.tissue_template import load_template
-from brainage_core.cohorts.synthetic.writer import EFFECT_SLOPE, FORMAT_VERSION, generate_cohort
+from brainage_core.cohorts.synthetic.writer import (
+    EFFECT_SLOPE,
+    FORMAT_VERSION,
+    cohort_subjects,
+    generate_cohort,
+    write_age_derivatives,
+)
 
 __all__ = [
     "AGE_LIMITS",
@@ -65,6 +71,7 @@ __all__ = [
     "age_derivative",
     "aging_targets",
     "assign_cohort_splits",
+    "cohort_subjects",
     "generate_cohort",
     "image_tissue_volumes",
     "load_template",
@@ -72,4 +79,5 @@ __all__ = [
     "sample_subjects",
     "synthesize_subject",
     "tissue_volumes",
+    "write_age_derivatives",
 ]

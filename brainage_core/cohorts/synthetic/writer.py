@@ -37,7 +37,7 @@ from brainage_core.fileio import atomic_path, write_json
 from brainage_core.manifest import validate_manifest, write_manifest
 from brainage_core.ownership import claim, refuse_foreign_files, remove_owned, remove_stale_temp_files
 
-__all__ = ["EFFECT_SLOPE", "FORMAT_VERSION", "generate_cohort"]
+__all__ = ["EFFECT_SLOPE", "FORMAT_VERSION", "cohort_subjects", "generate_cohort", "write_age_derivatives"]
 
 FORMAT_VERSION = 1
 EFFECT_SLOPE = 1.0 / 250.0  # effect map stored as uint8 * slope (relative to WM intensity)
@@ -257,3 +257,58 @@ def generate_cohort(
     write_json(out_dir / "cohort.json", {**request, "template": sorted(TEMPLATE_FILES.values()), "groups": counts})
     write_manifest(pd.DataFrame(rows), manifest_path)  # last: its presence marks a complete cohort
     return manifest_path
+
+
+def cohort_subjects(cohort_dir: str | os.PathLike[str]) -> tuple[SynthModel, dict[str, SubjectParams]]:
+    """Rebuild a written cohort's generator and subjects from its ``cohort.json``.
+
+    Subjects are a deterministic function of (number, seed, config), so they are drawn again;
+    their ages are checked against ``ground_truth.csv``.
+
+    Raises:
+        ValueError: the folder is not a synthetic cohort of this format, or the subjects drawn
+            again differ from the ones written (another package version made it): regenerate it.
+    """
+    cohort_dir = Path(cohort_dir)
+    meta_path = cohort_dir / "cohort.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{cohort_dir}: no cohort.json; not a synthetic cohort made by brainage synth")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{meta_path}: format_version {meta.get('format_version')}, expected {FORMAT_VERSION}; regenerate the cohort"
+        )
+    config = SynthConfig.from_dict(meta["config"], source=str(meta_path))
+    subjects = sample_subjects(int(meta["n_subjects"]), int(meta["seed"]), config)
+    written = pd.read_csv(cohort_dir / "ground_truth.csv").set_index("subject_id")
+    drawn = pd.Series({s.subject_id: s.biological_age for s in subjects})
+    if not np.allclose(written["biological_age"].reindex(drawn.index).to_numpy(), drawn.to_numpy(), atol=0.01):
+        raise ValueError(f"{cohort_dir}: the subjects drawn again differ from ground_truth.csv; regenerate the cohort")
+    return prepare_model(float(meta["spacing"]), config), {s.subject_id: s for s in subjects}
+
+
+def write_age_derivatives(
+    cohort_dir: str | os.PathLike[str], subject_ids: list[str], out_dir: str | os.PathLike[str], step: float = 0.5
+) -> dict[str, Path]:
+    """Write each subject's :func:`~brainage_core.cohorts.synthetic.images.age_derivative` as NIfTI.
+
+    Files are ``out_dir/<subject_id>_dage.nii.gz`` (float32, change of the noise-free T1 per
+    year relative to WM intensity, on the cohort's grid and affine); existing ones are reused.
+
+    Returns:
+        ``{subject_id: path}``.
+    """
+    from brainage_core.cohorts.synthetic.images import age_derivative
+
+    out_dir = Path(out_dir)
+    paths = {subject_id: out_dir / f"{subject_id}_dage.nii.gz" for subject_id in subject_ids}
+    missing = [subject_id for subject_id, path in paths.items() if not path.is_file()]
+    if missing:
+        model, subjects = cohort_subjects(cohort_dir)
+        unknown = [subject_id for subject_id in missing if subject_id not in subjects]
+        if unknown:
+            raise ValueError(f"{cohort_dir}: no subjects {unknown[:5]} in this cohort")
+        claim(out_dir, [paths[subject_id] for subject_id in missing])
+        for subject_id in missing:
+            _write_nifti(age_derivative(model, subjects[subject_id], step), model.affine, paths[subject_id])
+    return paths
