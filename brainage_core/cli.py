@@ -131,6 +131,20 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from brainage_core.sweep import sweep
+
+    result = sweep(args.space, args.out, args.set or [], args.config, storage=args.storage, top=args.top)
+    finished = result.trials[result.trials["state"].isin(["complete", "pruned"])]
+    print(
+        f"{len(finished)} finished trials ({(result.trials['state'] == 'pruned').sum()} pruned): {args.out / 'trials.csv'}"
+    )
+    for row, run_dir in zip(result.best.itertuples(), [*result.run_dirs, *[None] * len(result.best)]):
+        where = f" -> {run_dir}" if run_dir else ""
+        print(f"best {row.rank}: trial {row.trial}, validation MAE {row.val_mae:.2f} y: {row.overrides}{where}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -305,6 +319,23 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
     recipe.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="base settings, e.g. data.manifest=m.csv")
     recipe.set_defaults(handler=_cmd_recipe)
+
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="search a YAML space on validation MAE (an Optuna study many processes can share)",
+        description="Search the settings a YAML file declares (see book/sweep.yml): each trial trains with early "
+        "stopping and is scored on validation MAE, with median pruning; test scans are never read. The study is "
+        "stored in OUT/study.db or --storage (any SQLAlchemy URL): start the same command on several machines to "
+        "share it; the study stops at the file's number of trials. Writes OUT/trials.csv, OUT/best.csv and a run "
+        "directory OUT/best_<rank> for each of the --top best trials.",
+    )
+    sweep.add_argument("--space", type=Path, required=True, help="the search space YAML (e.g. book/sweep.yml)")
+    sweep.add_argument("--out", type=Path, required=True, help="output folder")
+    sweep.add_argument("--storage", help="SQLAlchemy URL of the shared study (default: sqlite in OUT)")
+    sweep.add_argument("--top", type=int, default=1, help="best trials trained into run directories (default 1)")
+    sweep.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
+    sweep.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="base settings, e.g. data.manifest=m.csv")
+    sweep.set_defaults(handler=_cmd_sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "suggest_overrides",
     "trials_table",
     "tune",
+    "validation_objective",
 ]
 
 AUGMENT_STRENGTHS = (0.0, 0.5, 1.0, 2.0)  # multiples of the default augmentation's magnitudes
@@ -77,11 +78,20 @@ def suggest_overrides(trial: optuna.Trial, loss: str) -> list[str]:
     return overrides
 
 
-def _objective(base: Sequence[str], loss: str, config_path: str | os.PathLike[str] | None) -> Any:
+def validation_objective(
+    base: Sequence[str], config_path: str | os.PathLike[str] | None, suggest: Callable[[optuna.Trial], list[str]]
+) -> Callable[[optuna.Trial], float]:
+    """The objective of a study: train ``base`` + the trial's overrides, scored on validation.
+
+    The trial's overrides (``suggest``) are stored in its ``overrides`` attribute; it trains
+    with the run's early stopping, reports the validation MAE every epoch (so the pruner can
+    stop it), and returns the best one. Its trainer never predicts: no test scan is read.
+    """
+
     def objective(trial: optuna.Trial) -> float:
-        searched = suggest_overrides(trial, loss)
+        searched = suggest(trial)
         trial.set_user_attr("overrides", searched)
-        trainer = Trainer(load_config(config_path, [*base, f"loss.name={loss}", *searched]))
+        trainer = Trainer(load_config(config_path, [*base, *searched]))
         for epoch in range(trainer.config.train.epochs):
             row, stop = trainer.fit_epoch(epoch)
             trial.report(row["val_mae"], epoch)
@@ -138,7 +148,10 @@ def tune(
     remaining = n_trials - len(study.trials)
     if remaining > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(_objective(overrides, loss, config_path), n_trials=remaining, catch=(FloatingPointError,))
+        objective = validation_objective(
+            [*overrides, f"loss.name={loss}"], config_path, lambda trial: suggest_overrides(trial, loss)
+        )
+        study.optimize(objective, n_trials=remaining, catch=(FloatingPointError,))
     trials = trials_table(study)
     with atomic_path(out_dir / f"trials_{loss}.csv", suffix=".csv") as temp:
         trials.to_csv(temp, index=False)
