@@ -179,3 +179,50 @@ def test_randomization_reading_does_not_take_anticorrelation_for_learning() -> N
     assert "not evidence" in interpret.randomization_sentence(-0.5)
     assert "echo the input" in interpret.randomization_sentence(0.8)
     assert "changed with training" in interpret.randomization_sentence(0.1)
+
+
+def test_region_relevance_shares_and_enrichment() -> None:
+    labels = np.zeros((2, 4, 4, 4), dtype=np.int64)
+    labels[:, :2] = 47  # hippocampus: half the brain
+    labels[:, 2:] = 4  # a ventricle: the other half
+    maps = np.zeros((2, 1, 4, 4, 4))
+    maps[0, 0, :2] = 3.0  # all relevance in the hippocampus
+    maps[1, 0] = -1.0  # flat
+    table = interpret.region_relevance(maps, labels, ["a", "b"], {"hippocampus": (47, 48), "ventricles": (4,)})
+    rows = table.set_index(["subject_id", "region"])
+    assert rows.loc[("a", "hippocampus"), "share"] == 1.0 and rows.loc[("a", "hippocampus"), "enrichment"] == 2.0
+    assert rows.loc[("b", "ventricles"), "share"] == 0.5 and rows.loc[("b", "ventricles"), "enrichment"] == 1.0
+    with pytest.raises(ValueError, match="cover the same voxels"):
+        interpret.region_relevance(maps, labels[:, :2], ["a", "b"])
+
+
+def test_relevance_follows_volume_and_methods_agree() -> None:
+    ids = [f"s{i}" for i in range(6)]
+    volume = np.linspace(10, 60, 6)
+    relevance = pd.DataFrame(
+        {
+            "subject_id": ids,
+            "region": "ventricles",
+            "share": volume / 100,
+            "volume_share": 0.1,
+            "enrichment": volume / 10,
+        }
+    )
+    volumes = pd.DataFrame({4: volume / 2, 51: volume / 2}, index=pd.Index(ids, name="subject_id"))
+    correlation = interpret.relevance_volume_correlation(relevance, volumes, {"ventricles": (4, 51)})
+    assert correlation.loc[0, "pearson_r"] == pytest.approx(1.0) and correlation.loc[0, "n_subjects"] == 6
+    other = relevance.assign(region=["a", "b", "c", "d", "e", "f"])
+    agreement = interpret.method_agreement({"x": other, "y": other.assign(enrichment=other["enrichment"] * 3)})
+    assert agreement.loc["x", "y"] == pytest.approx(1.0)
+    result = interpret.RegionSaliency(
+        relevance=other.assign(method="x"),
+        correlation=correlation.assign(method="x"),
+        agreement=agreement,
+        n_subjects=6,
+    )
+    values = interpret.region_values(result)
+    assert values["top_regions"] == "x: f (6.0 times its share of the brain)."
+    assert values["volume_sentence"].startswith("Across subjects, the ventricles' relevance enrichment against")
+    assert values["agreement_sentence"] == (
+        "Between methods, the Spearman correlation of the regions' enrichment ranges from 1.00 to 1.00."
+    )

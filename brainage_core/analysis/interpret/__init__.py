@@ -13,6 +13,8 @@ The package has one module per idea; every public name is re-exported here, so
   :func:`layer_grid`) and :func:`deletion_curves` / :func:`deletion_areas`.
 * :mod:`~brainage_core.analysis.interpret.benchmark`: :func:`saliency_benchmark`, every map
   against the phantom's age-derivative truth and the trivial baselines, and deletion curves.
+* :mod:`~brainage_core.analysis.interpret.regions`: real scans by DLMUSE region: relevance
+  shares, relevance against volume, agreement of methods (:func:`region_saliency`).
 * :mod:`~brainage_core.analysis.interpret.scoring`: :func:`saliency_in_ground_truth`,
   :func:`randomization_check`, :func:`region_summary`, :func:`map_similarity`.
 * :mod:`~brainage_core.analysis.interpret.maps_io`: :func:`save_map_nifti`,
@@ -54,6 +56,15 @@ from brainage_core.analysis.interpret.priors import (
     layer_shape,
     population_prior,
 )
+from brainage_core.analysis.interpret.regions import (
+    AGING_REGIONS,
+    RegionSaliency,
+    method_agreement,
+    region_relevance,
+    region_saliency,
+    region_values,
+    relevance_volume_correlation,
+)
 from brainage_core.analysis.interpret.scoring import (
     map_similarity,
     randomization_check,
@@ -71,11 +82,13 @@ from brainage_core.analysis.interpret.tables import (
 )
 
 __all__ = [
+    "AGING_REGIONS",
     "ATTRIBUTION_METHODS",
     "BASELINES",
     "DEFAULT_LAYER",
     "DELETION_FRACTIONS",
     "GradRAM",
+    "RegionSaliency",
     "SaliencyBenchmark",
     "age_band_labels",
     "attribution_maps",
@@ -93,6 +106,7 @@ __all__ = [
     "load_on_grid",
     "map_similarity",
     "max_abs_normalizer",
+    "method_agreement",
     "plot_map_on_template",
     "population_prior",
     "prior_comparison",
@@ -100,7 +114,11 @@ __all__ = [
     "randomization_sentence",
     "randomization_table",
     "randomized_copy",
+    "region_relevance",
+    "region_saliency",
     "region_summary",
+    "region_values",
+    "relevance_volume_correlation",
     "saliency_benchmark",
     "saliency_in_ground_truth",
     "saliency_maps",
