@@ -44,9 +44,9 @@ def plot_benchmark_lifts(lifts: pd.DataFrame) -> Figure:
         ax.axhline(1.0, color="grey", linestyle=":", label="chance")
         ax.set(title=model, xlabel="", ylabel="lift over chance")
         ax.tick_params(axis="x", rotation=20)
-        if ax is not axes[0][-1]:
-            ax.get_legend().remove()
-    axes[0][-1].legend(frameon=False, fontsize=8, loc="upper right")
+        ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
@@ -64,7 +64,8 @@ def plot_deletion_curves(deletion: pd.DataFrame) -> Figure:
             style = {"color": "black", "linestyle": "--"} if method == "random" else {}
             ax.plot(100 * curve["fraction"], curve["mae"], marker="o", ms=3, label=method, **style)
         ax.set(title=model, xlabel="brain voxels replaced (%)", ylabel="test MAE (years)")
-    axes[0][0].legend(frameon=False, fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig
 
