@@ -34,6 +34,7 @@ from typing import Any
 import optuna
 import pandas as pd
 import yaml
+from filelock import FileLock
 from optuna.trial import TrialState
 
 from brainage_core.config import load_config
@@ -193,14 +194,21 @@ def sweep(
     load_config(config_path, base)  # every problem before any training
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=f"brainage-sweep-{space.name}",
-        storage=storage or f"sqlite:///{(out_dir / 'study.db').resolve()}",
-        direction="minimize",
-        sampler=optuna.samplers.TPESampler(n_startup_trials=SAMPLER_STARTUP_TRIALS),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS),
-        load_if_exists=True,
-    )
+    url = storage or f"sqlite:///{(out_dir / 'study.db').resolve()}"
+    # SQLite: wait for a writer instead of failing ("database is locked"), and let one process at
+    # a time create the tables and the study (processes on one machine share out_dir).
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with FileLock(out_dir / ".study.lock"):
+        study = optuna.create_study(
+            study_name=f"brainage-sweep-{space.name}",
+            storage=optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs),
+            direction="minimize",
+            sampler=optuna.samplers.TPESampler(n_startup_trials=SAMPLER_STARTUP_TRIALS),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=PRUNER_WARMUP_EPOCHS
+            ),
+            load_if_exists=True,
+        )
 
     objective = validation_objective(base, config_path, lambda trial: _suggest(trial, space.space))
 
