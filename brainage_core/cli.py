@@ -261,6 +261,12 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_cmd_synth)
 
 
+def _add_settings(parser: argparse.ArgumentParser, set_help: str) -> None:
+    """The ``--config FILE`` and ``--set KEY=VALUE ...`` pair of every command that builds a run config."""
+    parser.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE", help=set_help)
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
@@ -269,8 +275,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         "(see brainage_core/config.py); --set overrides single fields, e.g. --set train.epochs=5 loss.name=mse. "
         "Writes config.yaml, metrics.csv, predictions.csv, model.pt, checkpoint.pt and log.txt.",
     )
-    train.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
-    train.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config fields, e.g. data.manifest=m.csv")
+    _add_settings(train, "override config fields, e.g. data.manifest=m.csv")
     train.add_argument("--run-dir", required=True, type=Path, help="output run directory")
     train.add_argument(
         "--resume",
@@ -296,10 +301,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     tune.add_argument("--loss", nargs="+", required=True, help="losses to tune, e.g. rnc ntxent mse")
     tune.add_argument("--trials", type=int, default=8, help="trials per loss (default 8)")
     tune.add_argument("--out", type=Path, required=True, help="output folder of the studies")
-    tune.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
-    tune.add_argument(
-        "--set", nargs="*", metavar="KEY=VALUE", help="base settings of every trial, e.g. data.manifest=m.csv"
-    )
+    _add_settings(tune, "base settings of every trial, e.g. data.manifest=m.csv")
     tune.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     tune.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: sqlite in OUT)")
     tune.set_defaults(handler=_cmd_tune)
@@ -316,8 +318,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     recipe.add_argument("--out", type=Path, required=True, help="output folder (e.g. beside tuned.yml)")
     recipe.add_argument("--tuned", type=Path, help="tuned.yml of brainage tune: the starting settings")
     recipe.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="run seeds per setting (default 0 1)")
-    recipe.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
-    recipe.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="base settings, e.g. data.manifest=m.csv")
+    _add_settings(recipe, "base settings, e.g. data.manifest=m.csv")
     recipe.set_defaults(handler=_cmd_recipe)
 
     sweep = subparsers.add_parser(
@@ -333,8 +334,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     sweep.add_argument("--out", type=Path, required=True, help="output folder")
     sweep.add_argument("--storage", help="SQLAlchemy URL of the shared study (default: sqlite in OUT)")
     sweep.add_argument("--top", type=int, default=1, help="best trials trained into run directories (default 1)")
-    sweep.add_argument("--config", type=Path, help="YAML run config (default: built-in defaults)")
-    sweep.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="base settings, e.g. data.manifest=m.csv")
+    _add_settings(sweep, "base settings, e.g. data.manifest=m.csv")
     sweep.set_defaults(handler=_cmd_sweep)
 
 

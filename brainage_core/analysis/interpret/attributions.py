@@ -26,7 +26,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients
 from torch import nn
 
-__all__ = ["ATTRIBUTION_METHODS", "attribution_maps"]
+__all__ = ["ATTRIBUTION_METHODS", "attribution_maps", "method_maps"]
 
 ATTRIBUTION_METHODS = ("gradient_x_input", "integrated_gradients", "occlusion")
 
@@ -108,6 +108,26 @@ def attribution_maps(
     return _batches(
         volumes, batch_size, lambda batch: _occlusion(model, batch.to(device).float(), reference, occlusion_size)
     )
+
+
+def method_maps(
+    model: nn.Module,
+    volumes: torch.Tensor,
+    method: str,
+    layer: str,
+    baseline: torch.Tensor | None = None,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Signed maps of ``method``: ``gradram`` at ``layer``, or one of :data:`ATTRIBUTION_METHODS`.
+
+    Returns:
+        ``[N, 1, X, Y, Z]`` float32 maps on the CPU.
+    """
+    from brainage_core.analysis.interpret.gradram import saliency_maps
+
+    if method == "gradram":
+        return saliency_maps(model, volumes, layer, signed=True, batch_size=batch_size)
+    return attribution_maps(model, volumes, method, baseline=baseline, batch_size=batch_size)
 
 
 def _occlusion(model: nn.Module, batch: torch.Tensor, fill: torch.Tensor, size: int) -> torch.Tensor:

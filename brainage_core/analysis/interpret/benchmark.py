@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from brainage_core.analysis.interpret.attributions import ATTRIBUTION_METHODS, attribution_maps
-from brainage_core.analysis.interpret.gradram import DEFAULT_LAYER, randomized_copy, saliency_maps
+from brainage_core.analysis.interpret.attributions import ATTRIBUTION_METHODS, method_maps
+from brainage_core.analysis.interpret.gradram import DEFAULT_LAYER, randomized_copy
 from brainage_core.analysis.interpret.maps_io import load_on_grid
 from brainage_core.analysis.interpret.priors import (
     DELETION_FRACTIONS,
@@ -72,14 +72,6 @@ class SaliencyBenchmark:
     n_subjects: int
     min_age: float
     layer: str
-
-
-def _method_maps(
-    model: torch.nn.Module, volumes: torch.Tensor, method: str, layer: str, fill: torch.Tensor, batch_size: int
-) -> torch.Tensor:
-    if method == "gradram":
-        return saliency_maps(model, volumes, layer, signed=True, batch_size=batch_size)
-    return attribution_maps(model, volumes, method, baseline=fill, batch_size=batch_size)
 
 
 def saliency_benchmark(
@@ -150,10 +142,10 @@ def saliency_benchmark(
         for method in methods:
             grid = layer_shape(model, layer, shape) if method == "gradram" else None
             candidates = {
-                "map": _method_maps(model, volumes, method, layer, fill, batch_size),
+                "map": method_maps(model, volumes, method, layer, fill, batch_size),
                 "central_blob": central_blob(brains, grid),
                 "population_prior": population_prior(train_effects, grid).expand_as(volumes.float()),
-                "random_weights": _method_maps(random_model, volumes, method, layer, fill, batch_size),
+                "random_weights": method_maps(random_model, volumes, method, layer, fill, batch_size),
             }
             per_subject = {"chance": np.ones(len(test))}
             for candidate, maps in candidates.items():

@@ -176,8 +176,7 @@ def region_saliency(
         ValueError: the run's manifest has no ``labels`` column, or the split is empty.
     """
     from brainage_core.analysis.crossval import region_volumes
-    from brainage_core.analysis.interpret.attributions import attribution_maps
-    from brainage_core.analysis.interpret.gradram import saliency_maps
+    from brainage_core.analysis.interpret.attributions import method_maps
     from brainage_core.analysis.interpret.maps_io import load_on_grid
     from brainage_core.data import assign_splits, load_manifest_volumes
     from brainage_core.manifest import read_manifest
@@ -198,11 +197,9 @@ def region_saliency(
     ids = rows["subject_id"].astype(str).tolist()
     sizes = region_volumes(list(rows["labels"]), ids)
     relevance, correlation = {}, []
+    mean_image = train.float().mean(0)  # mean_image: [1, X, Y, Z], the integrated-gradients baseline
     for method in methods:
-        if method == "gradram":
-            maps = saliency_maps(model, volumes, layer, signed=True, batch_size=batch_size)
-        else:
-            maps = attribution_maps(model, volumes, method, baseline=train.float().mean(0), batch_size=batch_size)
+        maps = method_maps(model, volumes, method, layer, mean_image, batch_size)
         relevance[method] = region_relevance(maps, labels, ids, regions)
         correlation.append(relevance_volume_correlation(relevance[method], sizes, regions).assign(method=method))
     return RegionSaliency(
