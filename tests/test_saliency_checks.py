@@ -126,6 +126,7 @@ def test_integrated_gradients_are_complete() -> None:
         attribution_maps(model, volumes, "lime")
 
 
+@pytest.mark.slow
 def test_benchmark_scores_each_method_against_every_baseline(tmp_path: Path) -> None:
     manifest = generate_cohort(tmp_path / "cohort", n_subjects=24, seed=0, spacing=4.0, progress=False, workers=1)
     run = train(load_config(None, tiny_overrides(tmp_path, manifest, "rnc")), tmp_path / "run", progress=False)

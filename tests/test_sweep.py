@@ -63,6 +63,7 @@ def test_a_bad_space_lists_every_problem_and_writes_nothing(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sweep_reports_the_best_trial_and_writes_its_run(
     cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -79,6 +80,7 @@ def test_sweep_reports_the_best_trial_and_writes_its_run(
     assert len(again.trials) == 2, "a finished study runs no more trials"
 
 
+@pytest.mark.slow
 def test_two_processes_sharing_a_study_run_its_budget_once(cohort: Path, tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yml", "shared", trials=3)
     out = tmp_path / "sweep"

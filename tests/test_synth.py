@@ -352,6 +352,7 @@ def test_age_derivative_marks_where_an_old_brain_is_aging(model: synth.SynthMode
     assert derivative[rim].mean() > 5 * derivative[deep_wm].mean()
 
 
+@pytest.mark.slow
 def test_age_derivatives_of_a_written_cohort(cohorts: dict[str, Path], tmp_path: Path) -> None:
     cohort = cohorts["one_worker"].parent
     model, subjects = synth.cohort_subjects(cohort)

@@ -135,6 +135,7 @@ def test_early_stopping_can_be_switched_off() -> None:
     assert load_config(None, ["train.patience=null"]).train.patience is None, "null replaces a default"
 
 
+@pytest.mark.slow
 def test_recipe_checks_change_one_choice_at_a_time_on_validation(
     cohort: Path, tmp_path: Path, reads: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
