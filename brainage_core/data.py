@@ -1,7 +1,9 @@
 """From a manifest to training tensors: preprocessing through the cache, splits, datasets.
 
 All scans of a manifest are preprocessed once (:class:`~brainage_core.imaging.VolumeCache`)
-and held in memory as float16; :class:`VolumeDataset` serves them with random augmentation
+and read from the cache when a batch needs them (:class:`~brainage_core.scan_store.CachedVolumes`;
+``data.in_memory`` holds them all in memory as float16 instead, with the same values);
+:class:`VolumeDataset` serves them with random augmentation
 seeded by (seed, epoch, index), so a sample's views do not depend on the number of DataLoader
 workers, on batch order, or on whether a run was resumed.
 """
@@ -28,13 +30,17 @@ from brainage_core.imaging import (
     build_augmentation,
     default_cache_dir,
 )
+from brainage_core.scan_store import CachedVolumes
 
 __all__ = [
     "DataConfig",
+    "UnaugmentedDraws",
     "VolumeDataset",
     "assign_splits",
+    "cached_volumes",
     "load_manifest_volumes",
     "load_volumes",
+    "open_manifest_volumes",
     "sample_seed",
     "training_subset",
 ]
@@ -58,6 +64,9 @@ class DataConfig:
         cache_dir: preprocessing cache folder; ``None`` uses ``$BRAINAGE_CACHE`` or ``~/.cache/brainage``.
         train_subjects: train on this many of the training scans only (:func:`training_subset`,
             the same scans for every method and seed; for learning curves); ``None``: all.
+        in_memory: hold every scan of a run in memory (float16) instead of reading each from the
+            preprocessing cache when a batch needs it; the same values and results either way,
+            but memory grows with the number of scans.
     """
 
     manifest: str = ""
@@ -69,6 +78,7 @@ class DataConfig:
     test_fold: int | None = None
     cache_dir: str | None = None
     train_subjects: int | None = None
+    in_memory: bool = False
 
     def preprocess_config(self) -> PreprocessConfig:
         return PreprocessConfig(
@@ -160,12 +170,41 @@ def load_volumes(
             continue
         volumes[index] = volume.as_tensor().half()
         affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
+    _raise_failures(failures, len(images))
+    return volumes, affines
+
+
+def cached_volumes(
+    images: Sequence[str],
+    masks: Sequence[str | None],
+    config: PreprocessConfig,
+    cache: VolumeCache,
+    progress: bool = True,
+    rows: Sequence[int] | None = None,
+) -> CachedVolumes:
+    """Preprocess every scan into the cache (unless there) and return them as lazily read volumes.
+
+    Arguments as for :func:`load_volumes`; only the cache entries' paths are kept in memory.
+
+    Raises:
+        ImageReadError: one or more scans cannot be used; the message lists every one.
+    """
+    entries, failures = [], []
+    for index, (image, mask) in enumerate(tqdm(list(zip(images, masks)), desc="preprocess", disable=not progress)):
+        try:
+            entries.append(cache.entry(image, config, mask or None))
+        except ImageReadError as error:
+            failures.append(f"  - row {rows[index] if rows is not None else index + 1}: {error}")
+    _raise_failures(failures, len(images))
+    return CachedVolumes(entries, config.shape)
+
+
+def _raise_failures(failures: list[str], n_scans: int) -> None:
     if failures:
         raise ImageReadError(
-            f"{len(failures)} of {len(images)} scans cannot be used (rows of the manifest; "
+            f"{len(failures)} of {n_scans} scans cannot be used (rows of the manifest; "
             "`brainage validate MANIFEST` lists the same problems):\n" + "\n".join(failures)
         )
-    return volumes, affines
 
 
 def load_manifest_volumes(
@@ -183,10 +222,35 @@ def load_manifest_volumes(
     Returns:
         ``volumes`` float16 ``[N, 1, X, Y, Z]`` and ``affines`` float64 ``[N, 4, 4]``, in row order.
     """
+    images, masks, preprocess_config, cache, rows = _manifest_scans(frame, config)
+    return load_volumes(images, masks, preprocess_config, cache, progress, rows)
+
+
+def open_manifest_volumes(
+    frame: pd.DataFrame, config: DataConfig, progress: bool = True
+) -> CachedVolumes | torch.Tensor:
+    """A run's volumes of the rows of a manifest: read when needed, or in memory with ``data.in_memory``.
+
+    Arguments as for :func:`load_manifest_volumes`.
+
+    Returns:
+        :class:`~brainage_core.scan_store.CachedVolumes`, or with ``config.in_memory`` a
+        float16 tensor ``[N, 1, X, Y, Z]``; the same values, in row order.
+    """
+    if config.in_memory:
+        return load_manifest_volumes(frame, config, progress)[0]
+    images, masks, preprocess_config, cache, rows = _manifest_scans(frame, config)
+    return cached_volumes(images, masks, preprocess_config, cache, progress, rows)
+
+
+def _manifest_scans(
+    frame: pd.DataFrame, config: DataConfig
+) -> tuple[list[str], list[str | None], PreprocessConfig, VolumeCache, list[int] | None]:
+    """Images, masks, preprocessing, cache and row numbers of :func:`load_volumes` for a manifest's rows."""
     cache = VolumeCache(Path(config.cache_dir) if config.cache_dir else default_cache_dir())
     masks = frame["mask"].tolist() if "mask" in frame.columns else [None] * len(frame)
     rows = [int(label) + 1 for label in frame.index] if pd.api.types.is_integer_dtype(frame.index) else None
-    return load_volumes(frame["image"].tolist(), masks, config.preprocess_config(), cache, progress, rows)
+    return frame["image"].tolist(), masks, config.preprocess_config(), cache, rows
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -195,10 +259,11 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class VolumeDataset(Dataset):
-    """Preloaded volumes with ages, served as augmented views.
+    """Volumes with ages, served as augmented views.
 
     Args:
-        volumes: ``[N, 1, X, Y, Z]`` (float16 or float32).
+        volumes: ``[N, 1, X, Y, Z]`` (float16 or float32), a tensor or
+            :class:`~brainage_core.scan_store.CachedVolumes` (each scan read when drawn).
         ages: ``[N]`` years.
         augment: augmentation settings, or ``None`` for no augmentation.
         n_views: views per sample; 1 returns ``[1, X, Y, Z]``, more return ``[V, 1, X, Y, Z]``.
@@ -210,7 +275,7 @@ class VolumeDataset(Dataset):
 
     def __init__(
         self,
-        volumes: torch.Tensor,
+        volumes: torch.Tensor | CachedVolumes,
         ages: torch.Tensor,
         augment: AugmentConfig | None = None,
         n_views: int = 1,
@@ -233,10 +298,35 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         sample = index % len(self.volumes)
-        volume = self.volumes[sample].float()  # volume: [1, X, Y, Z]
+        return self.views(self.volumes[sample].float(), index), self.ages[sample]
+
+    def views(self, volume: torch.Tensor, index: int) -> torch.Tensor:
+        """The views of draw ``index`` made from its float32 volume ``[1, X, Y, Z]``, on the volume's device.
+
+        Returns:
+            ``[1, X, Y, Z]`` with one view, else ``[V, 1, X, Y, Z]``.
+        """
         if self.transform is None:
             views = volume.unsqueeze(0).expand(self.n_views, *volume.shape)  # views: [V, 1, X, Y, Z]
         else:
             self.transform.transform.set_random_state(seed=sample_seed(self.seed, self.epoch, index))
             views = self.transform(volume)  # views: [V, 1, X, Y, Z]
-        return (views[0] if self.n_views == 1 else views), self.ages[sample]
+        return views[0] if self.n_views == 1 else views
+
+
+class UnaugmentedDraws(Dataset):
+    """The stored volume, age and index of each draw of a :class:`VolumeDataset`, not augmented.
+
+    For augmentation on the training device (``augment.on_device``): the DataLoader only reads,
+    and :meth:`VolumeDataset.views` makes the same views from the batch once it is on the device.
+    """
+
+    def __init__(self, dataset: VolumeDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        sample = index % len(self.dataset.volumes)
+        return self.dataset.volumes[sample], self.dataset.ages[sample], index  # volume: float16 [1, X, Y, Z]

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from brainage_core import distributed
 from brainage_core.config import ProbeConfig, RunConfig
-from brainage_core.data import VolumeDataset, assign_splits, load_manifest_volumes, training_subset
+from brainage_core.data import UnaugmentedDraws, VolumeDataset, assign_splits, open_manifest_volumes, training_subset
 from brainage_core.imaging import ImageReadError
 from brainage_core.inference import extract_features, predict_ages, resolve_device
 from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_loss
@@ -188,7 +188,8 @@ class Trainer:
         # The rows the run fits on; volumes, ages, train_idx and val_idx index into these.
         self.fit_rows = np.flatnonzero(in_groups & np.isin(split, ("train", "val")))
         fit_frame = self.frame.iloc[self.fit_rows]
-        self.volumes, _ = load_manifest_volumes(fit_frame, config.data, progress=progress and self.rank == 0)
+        # Read from the preprocessing cache when a batch needs them (data.in_memory: all held here).
+        self.volumes = open_manifest_volumes(fit_frame, config.data, progress=progress and self.rank == 0)
         self.ages = torch.tensor(fit_frame["age"].to_numpy(), dtype=torch.float32)
         self.train_idx = np.flatnonzero(fit_frame["split"].to_numpy() == "train")
         self.train_idx = self.train_idx[training_subset(self.ages[self.train_idx].numpy(), config.data.train_subjects)]
@@ -274,8 +275,9 @@ class Trainer:
         self.dataset.set_epoch(epoch)
         batches = self._batches(epoch)
         ends = np.cumsum([len(batch) for batch in batches])
+        on_device = self.config.augment.on_device
         loader = DataLoader(
-            Subset(self.dataset, np.concatenate(batches).tolist()),
+            Subset(UnaugmentedDraws(self.dataset) if on_device else self.dataset, np.concatenate(batches).tolist()),
             batch_sampler=[list(range(end - len(batch), end)) for batch, end in zip(batches, ends)],
             num_workers=self.config.num_workers,
             pin_memory=self.cuda,
@@ -287,8 +289,14 @@ class Trainer:
             disable=not self.progress or self.rank != 0,
             leave=False,
         )
-        for views, ages in bar:
-            views, ages = views.to(self.device, non_blocking=True), ages.to(self.device, non_blocking=True)
+        for batch in bar:
+            if on_device:  # batch: volumes float16 [B, 1, X, Y, Z], ages [B], draw indices [B]
+                volumes, ages = (part.to(self.device, non_blocking=True) for part in batch[:2])
+                views = torch.stack(
+                    [self.dataset.views(volume.float(), draw) for volume, draw in zip(volumes, batch[2].tolist())]
+                )  # views: [B, V, 1, X, Y, Z] or [B, 1, X, Y, Z]
+            else:
+                views, ages = (part.to(self.device, non_blocking=True) for part in batch)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.config.amp):
                 loss = compute_loss(
                     self.network,
@@ -381,17 +389,17 @@ class Trainer:
             ``head [N]`` and ``probe [N]`` predicted ages in years, in manifest row order.
         """
         other_rows = np.setdiff1d(np.arange(len(self.frame)), self.fit_rows)
-        volumes = torch.empty((len(self.frame), *self.volumes.shape[1:]), dtype=self.volumes.dtype)
-        volumes[self.fit_rows] = self.volumes
+        features = torch.empty((len(self.frame), self.model.feature_dim))  # features: [N, D]
+        features[self.fit_rows] = extract_features(self.model, self.volumes, self.device)
         if len(other_rows):
             try:
-                volumes[other_rows] = load_manifest_volumes(self.frame.iloc[other_rows], self.config.data, False)[0]
+                other = open_manifest_volumes(self.frame.iloc[other_rows], self.config.data, False)
             except ImageReadError as error:
                 raise ImageReadError(
                     f"training finished, but held-out scans (test split, other groups), read only now, "
                     f"cannot be used; fix or remove them and resume the run. {error}"
                 ) from None
-        features = extract_features(self.model, volumes, self.device)  # features: [N, D]
+            features[other_rows] = extract_features(self.model, other, self.device)
         with torch.no_grad():
             head = self.model.regress(features.to(self.device)).cpu().numpy()
         if self.contrastive:

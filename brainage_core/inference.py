@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from brainage_core.models import BrainAgeModel
+from brainage_core.scan_store import CachedVolumes
 
 __all__ = ["extract_features", "predict_ages", "resolve_device"]
 
@@ -24,9 +25,12 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def extract_features(
-    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
+    model: BrainAgeModel, volumes: torch.Tensor | CachedVolumes, device: torch.device, batch_size: int = 32
 ) -> torch.Tensor:
-    """Encoder features ``[N, D]`` (float32, CPU) of volumes ``[N, 1, X, Y, Z]`` in eval mode."""
+    """Encoder features ``[N, D]`` (float32, CPU) of volumes ``[N, 1, X, Y, Z]`` in eval mode.
+
+    ``volumes`` may be :class:`~brainage_core.scan_store.CachedVolumes`: one batch is read at a time.
+    """
     model.eval()
     parts = [
         model.features(volumes[i : i + batch_size].to(device).float()).float().cpu()
@@ -37,7 +41,7 @@ def extract_features(
 
 @torch.no_grad()
 def predict_ages(
-    model: BrainAgeModel, volumes: torch.Tensor, device: torch.device, batch_size: int = 32
+    model: BrainAgeModel, volumes: torch.Tensor | CachedVolumes, device: torch.device, batch_size: int = 32
 ) -> torch.Tensor:
     """Predicted ages ``[N]`` in years of volumes ``[N, 1, X, Y, Z]``."""
     return model.regress(extract_features(model, volumes, device, batch_size).to(device)).cpu()

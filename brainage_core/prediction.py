@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from brainage_core.analysis.metrics import BIAS_CORRECTION, HEALTHY_GROUP, corrected_predictions
-from brainage_core.data import load_manifest_volumes
+from brainage_core.data import open_manifest_volumes
 from brainage_core.imaging import default_cache_dir
 from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.manifest import PREPARATION_COLUMN, read_manifest, read_manifest_table
@@ -246,7 +246,7 @@ def predict_scans(
 
     torch_device = resolve_device(device)
     model, config = load_model(run_dir, str(torch_device))
-    volumes, _ = load_manifest_volumes(frame, config.data, progress=progress)
+    volumes = open_manifest_volumes(frame, config.data, progress=progress)
     result = frame[[c for c in CARRIED_COLUMNS if c in frame.columns]].copy()
     result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy().astype(float)
     result["interval_low"] = result["predicted_age"] - interval.half_width

@@ -127,8 +127,9 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = Fal
             "data.manifest is not set: pass --set data.manifest=path/to/manifest.csv (or a --config file setting it)"
         )
     started_distributed = _init_distributed(config)
+    caller_threads = torch.get_num_threads()
     if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+        torch.set_num_threads(config.num_threads)  # restored below: a notebook's later cells keep theirs
     try:
         if distributed.rank() != 0:  # only rank 0 writes (and locks) the run directory
             return _train_locked(config, run_dir, resume, progress, created=False)
@@ -137,6 +138,7 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = Fal
             _check_run_dir(config, run_dir, resume)  # again, now that no other process can write
             return _train_locked(config, run_dir, resume, progress, created)
     finally:
+        torch.set_num_threads(caller_threads)
         if started_distributed:
             dist.destroy_process_group()
 

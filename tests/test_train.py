@@ -77,6 +77,17 @@ def test_same_config_twice_gives_identical_metrics_and_weights(cohort: Path, tmp
     )
 
 
+def test_augmenting_on_the_training_device_makes_the_same_views(cohort: Path, tmp_path: Path) -> None:
+    """augment.on_device moves augmentation after the batch transfer; each view keeps its seed, so on CPU
+    the run is identical to augmenting in the DataLoader."""
+    histories = []
+    for on_device in ("false", "true"):
+        overrides = [*tiny_overrides(tmp_path, cohort, "rnc"), f"augment.on_device={on_device}"]
+        run = train(load_config(None, overrides), tmp_path / f"on_device_{on_device}", progress=False)
+        histories.append(pd.read_csv(run / "metrics.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(*histories)
+
+
 def test_selected_model_is_the_best_validation_epoch(cohort: Path, tmp_path: Path) -> None:
     run = train(load_config(None, tiny_overrides(tmp_path, cohort, "mse", epochs=4)), tmp_path / "run", progress=False)
     metrics = pd.read_csv(run / "metrics.csv")
