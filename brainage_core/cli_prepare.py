@@ -22,7 +22,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     report = prepare_scans(
         source,
         args.out,
-        workers=args.workers,
+        workers=args.jobs,
+        scheduler=args.scheduler,
         progress=not args.quiet,
         spacing=args.spacing,
         include_failed_qc=args.include_failed_qc,
@@ -55,7 +56,20 @@ def add_prepare(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--manifest", type=Path, help="manifest CSV of raw T1 scans")
     source.add_argument("--bids", type=Path, help="BIDS dataset folder")
     prepare.add_argument("--out", required=True, type=Path, help="output folder")
-    prepare.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    prepare.add_argument(
+        "--jobs",
+        "--workers",
+        dest="jobs",
+        type=int,
+        default=None,
+        help="scans prepared at the same time (default: all cores); more than one: on a local Dask cluster",
+    )
+    prepare.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="prepare on the Dask cluster of this scheduler (tcp://host:8786; dask-jobqueue for HPC); "
+        "the input and output folders must be shared with its workers",
+    )
     prepare.add_argument("--spacing", type=float, default=2.0, help="voxel size of the template grid in mm (default 2)")
     prepare.add_argument(
         "--include-failed-qc", action="store_true", help="keep scans failing QC in the manifest (still reported)"

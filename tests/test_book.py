@@ -145,8 +145,9 @@ def test_a_failed_dependency_skips_its_dependents(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # minutes: every chapter is executed and the book rendered
 def test_the_book_builds_from_smoke_runs() -> None:
-    """The whole book, every chapter executed in smoke mode by the batch runner, rendered with warnings as errors."""
-    outcomes = run_book(ROOT, "smoke", jobs=1, log=io.StringIO())
+    """The whole book, every chapter executed in smoke mode by the batch runner on a local 2-worker Dask
+    cluster, rendered with warnings as errors."""
+    outcomes = run_book(ROOT, "smoke", jobs=2, log=io.StringIO())
     failed = [o for o in outcomes if o.status in ("failed", "skipped")]
     assert not failed, "\n\n".join(f"{o.name}: {o.message}" for o in failed)
     index = build_book(ROOT, profile="smoke")

@@ -18,12 +18,13 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from brainage_core.book.runspec import PROFILES, RunSpec, book_output_dir, load_runs
+from brainage_core.cluster import dask_executor, uses_dask
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.ownership import claim, clear_owned_folder
 
@@ -125,7 +126,7 @@ def declared_parameters(notebook: str | os.PathLike[str]) -> set[str]:
     return declared
 
 
-def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
+def _execute(run: RunSpec, root: Path, output: Path) -> None:
     import papermill
 
     notebook = root / run.notebook
@@ -155,7 +156,6 @@ def _execute(run: RunSpec, root: Path, output: Path, log: Any) -> None:
             execution_timeout=run.cell_timeout,
         )
         _tidy_executed(temp, run.notebook, destination.relative_to(root))
-    print(f"[book] {run.name}: done", file=log, flush=True)
 
 
 def _tidy_executed(executed: Path, notebook: str, destination: Path) -> None:
@@ -184,6 +184,7 @@ def run_book(
     force: bool = False,
     jobs: int = 1,
     log: Any = sys.stdout,
+    scheduler: str | None = None,
 ) -> list[RunOutcome]:
     """Execute a profile's runs with papermill, skipping unchanged ones.
 
@@ -192,8 +193,12 @@ def run_book(
         profile: ``smoke``, ``default`` or ``full``.
         only: run just these names (their dependencies still run if their keys changed).
         force: execute even when the cache key is unchanged.
-        jobs: runs executed at the same time (independent runs only).
+        jobs: runs executed at the same time (independent runs only); more than one run on a
+            local Dask cluster of ``jobs`` workers when Dask is installed (else on threads).
         log: where progress lines go.
+        scheduler: address of a Dask scheduler to execute the runs on (``jobs`` at a time); the
+            folders must be shared with its workers. A run whose worker dies is retried by Dask,
+            then reported as failed.
 
     Returns:
         One outcome per run considered, in dependency order.
@@ -219,7 +224,10 @@ def run_book(
     def ready(run: RunSpec) -> bool:
         return all(need in outcomes for need in run.needs)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool: Executor
+    with (
+        dask_executor(jobs, scheduler) if uses_dask(jobs, scheduler) else ThreadPoolExecutor(max_workers=max(1, jobs))
+    ) as pool:
         while pending or running:
             for name in list(pending):
                 run = pending[name]
@@ -244,7 +252,7 @@ def run_book(
                     print(f"[book] {name}: unchanged, not executed", file=log, flush=True)
                     continue
                 print(f"[book] {name}: executing {run.notebook}", file=log, flush=True)
-                running[pool.submit(_execute, run, root, output, log)] = (run, time.perf_counter())
+                running[pool.submit(_execute, run, root, output)] = (run, time.perf_counter())
             if not running:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -258,6 +266,7 @@ def run_book(
                         {"key": keys[run.name], "seconds": seconds, "parameters": run.parameters},
                     )
                     outcomes[run.name] = RunOutcome(run.name, "executed", seconds)
+                    print(f"[book] {run.name}: done", file=log, flush=True)
                 else:
                     (output / "keys" / f"{run.name}.json").unlink(missing_ok=True)
                     # The previous executed copy no longer matches the sources: never render it.

@@ -191,7 +191,7 @@ def _claim_outputs(out_dir: Path, paths: Sequence[Path]) -> None:
 
 
 def _run(
-    jobs: list[PrepareJob], workers: int | None, progress: bool, report: PrepareReport
+    jobs: list[PrepareJob], workers: int | None, scheduler: str | None, progress: bool, report: PrepareReport
 ) -> dict[str, tuple[str, object]]:
     """Results by scan id: ``(status, QC record or problem message)``; status as :func:`.run_job`, or cached."""
     outcomes = run_scan_jobs(
@@ -204,6 +204,7 @@ def _run(
         progress=progress,
         desc="prepare",
         mp_context=multiprocessing.get_context("spawn"),  # no fork of a process that may hold torch threads
+        scheduler=scheduler,
     )
     report.n_cached = sum(status == CACHED for _, status, _ in outcomes)
     report.n_processed = sum(status != CACHED and isinstance(payload, dict) for _, status, payload in outcomes)
@@ -268,6 +269,7 @@ def prepare_scans(
     out_dir: str | os.PathLike[str],
     *,
     workers: int | None = None,
+    scheduler: str | None = None,
     progress: bool = True,
     spacing: float = 2.0,
     include_failed_qc: bool = False,
@@ -282,7 +284,9 @@ def prepare_scans(
             :func:`~brainage_core.prepare.bids.read_bids`, or rows as from :func:`manifest_rows`
             (absolute paths; a ``scan_id`` is made from subject and session when missing).
         out_dir: output folder (created); a rerun into it reuses every unchanged scan.
-        workers: processes; ``None`` uses every CPU core.
+        workers: scans prepared at the same time; ``None`` uses every CPU core. More than one
+            run on a local Dask cluster when Dask is installed (:mod:`brainage_core.cluster`).
+        scheduler: address of a Dask scheduler to prepare the scans on instead.
         progress: show a tqdm bar.
         spacing: voxel size of the template grid in mm.
         include_failed_qc: keep scans that fail QC in the manifest (they are reported either way).
@@ -325,7 +329,7 @@ def prepare_scans(
     if bids is not None:
         write_dataset_description(out_dir, bids.root)
 
-    outcomes = _outcomes(jobs, _run(jobs, workers, progress, report), report)
+    outcomes = _outcomes(jobs, _run(jobs, workers, scheduler, progress, report), report)
     manifest = _write_tables(rows, jobs, outcomes, out_dir, include_failed_qc)
     write_qc_html(outcomes, out_dir / "qc.html", f"brainage prepare: {Path(source).name}")
     if finish_manifest is not None and len(manifest):
