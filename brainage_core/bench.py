@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from brainage_core import __version__
 from brainage_core.config import RunConfig
-from brainage_core.data import VolumeDataset
+from brainage_core.data import UnaugmentedDraws, VolumeDataset
 from brainage_core.engine import compute_loss
 from brainage_core.fileio import write_json
 from brainage_core.imaging import AugmentConfig, build_augmentation
@@ -200,11 +200,13 @@ def bench_training_throughput(
     Both loops run the same model, loss (:func:`~brainage_core.engine.compute_loss`, as in
     training) and optimiser on random volumes of the configured shape.
     The *pipeline* loop draws batches from :class:`~brainage_core.data.VolumeDataset` through a
-    DataLoader (augmentation included, ``config.num_workers`` workers); the *model-only* loop
+    DataLoader (augmentation included, ``config.num_workers`` workers, or on the training device
+    after the batch is moved there with ``augment.on_device``); the *model-only* loop
     reuses one preloaded batch of views. ``overhead`` = 1 - pipeline/model-only throughput.
 
     Args:
-        config: run configuration (model, loss, batch size, augmentation, device, workers).
+        config: run configuration (model, loss, batch size, augmentation, device, DataLoader
+            workers, torch threads).
         n_subjects: size of the random in-memory dataset.
         steps: timed optimisation steps per loop.
         warmup_steps: untimed steps first.
@@ -229,8 +231,10 @@ def bench_training_throughput(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.train.lr)
     batch_size = config.train.batch_size
 
-    def step(views: torch.Tensor, batch_ages: torch.Tensor) -> None:
+    def step(views: torch.Tensor, batch_ages: torch.Tensor, draws: torch.Tensor | None = None) -> None:
         views, batch_ages = views.to(device, non_blocking=True), batch_ages.to(device, non_blocking=True)
+        if draws is not None:  # augment.on_device: views are the stored volumes, augmented here as in training
+            views = torch.stack([dataset.views(volume.float(), draw) for volume, draw in zip(views, draws.tolist())])
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.amp):
             loss = compute_loss(
                 model,
@@ -256,9 +260,12 @@ def bench_training_throughput(
         _synchronize(device)
         return steps * batch_size / (time.perf_counter() - started)
 
+    caller_threads = torch.get_num_threads()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)  # as training does; restored below
     model.train()
     loader = DataLoader(
-        dataset,
+        UnaugmentedDraws(dataset) if config.augment.on_device else dataset,
         batch_size=batch_size,
         sampler=torch.utils.data.RandomSampler(
             dataset, replacement=True, num_samples=(steps + warmup_steps) * batch_size
@@ -267,9 +274,13 @@ def bench_training_throughput(
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
-    pipeline = timed(loader)
-    fixed = next(iter(DataLoader(dataset, batch_size=batch_size)))
-    model_only = timed([fixed] * (steps + warmup_steps))
+    try:
+        pipeline = timed(loader)
+        fixed = next(iter(DataLoader(dataset, batch_size=batch_size)))
+        model_only = timed([fixed] * (steps + warmup_steps))
+        torch_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(caller_threads)
     return {
         "loss": config.loss.name,
         "batch_size": batch_size,
@@ -278,6 +289,8 @@ def bench_training_throughput(
         "arch": config.model.arch,
         "width": config.model.width,
         "num_workers": config.num_workers,
+        "torch_threads": torch_threads,
+        "augment_on_device": config.augment.on_device,
         "pipeline_samples_per_s": pipeline,
         "model_only_samples_per_s": model_only,
         "overhead": 1.0 - pipeline / model_only,

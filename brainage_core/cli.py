@@ -152,6 +152,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from brainage_core.config import load_config
 
     config = load_config(args.config, args.set or [])
+    if args.scaling:
+        import tempfile
+
+        from brainage_core.bench_scaling import SCALING_SIZES, run_scaling_benchmark
+
+        with tempfile.TemporaryDirectory(prefix="brainage_scaling_") as work_dir:
+            scaling = run_scaling_benchmark(args.out, work_dir, config, args.set or [], args.sizes or SCALING_SIZES)
+        print(json.dumps({key: scaling[key] for key in ("rss_growth", "streamed_over_in_memory_throughput")}, indent=2))
+        print(f"wrote {args.out}")
+        return 0
+    if args.parallel:
+        from brainage_core.bench_scaling import bench_parallel
+        from brainage_core.fileio import write_json
+
+        masks = args.masks or [None] * len(args.raw_t1 or [])
+        if len(masks) != len(args.raw_t1 or []):
+            raise ValueError(f"--masks gives {len(masks)} file(s) for {len(args.raw_t1 or [])} --raw-t1 scan(s)")
+        parallel = bench_parallel(Path("."), list(zip(args.raw_t1 or [], masks)))
+        write_json(args.out, parallel)
+        print(json.dumps(parallel["rows"], indent=2))
+        print(f"wrote {args.out}")
+        return 0
     results = run_benchmarks(args.out, config=config, quick=args.quick, raw_scans=args.raw_t1 or ())
     summary = {
         "rnc_loss_speedup_at_largest_loop_batch": results["rnc_loss_speedup_at_largest_loop_batch"],
@@ -229,7 +251,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _cmd_book_run(args: argparse.Namespace) -> int:
     from brainage_core.book.runner import run_book
 
-    outcomes = run_book(Path(args.root), args.profile, only=args.only, force=args.force, jobs=args.jobs)
+    outcomes = run_book(
+        Path(args.root), args.profile, only=args.only, force=args.force, jobs=args.jobs, scheduler=args.scheduler
+    )
     return 1 if any(outcome.status in ("failed", "skipped") for outcome in outcomes) else 0
 
 
@@ -462,6 +486,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--raw-t1", nargs="+", type=Path, metavar="FILE", help="raw T1 scans (with skull) to time brainage prepare on"
     )
+    bench.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead: peak memory and training throughput at --sizes synthetic scans, streamed from the cache "
+        "vs held in memory (minutes; a temporary folder holds the scans)",
+    )
+    bench.add_argument(
+        "--sizes", nargs="+", type=int, metavar="N", help="cohort sizes for --scaling (default 300 1000 3000)"
+    )
+    bench.add_argument(
+        "--parallel",
+        action="store_true",
+        help="instead: wall time of prepare (the --raw-t1 scans) and of the smoke book's runs with 1 and 2 "
+        "local workers (run in the repository root; minutes)",
+    )
+    bench.add_argument(
+        "--masks", nargs="+", type=Path, metavar="FILE", help="with --parallel: a brain mask per --raw-t1 scan"
+    )
     bench.set_defaults(handler=_cmd_bench)
 
     book = subparsers.add_parser("book", help="run and render the book", description="Run and render the book.")
@@ -478,7 +520,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--only", nargs="+", metavar="NAME", help="run only these runs (and what they need)")
     run.add_argument("--force", action="store_true", help="execute even unchanged runs")
-    run.add_argument("--jobs", type=int, default=1, help="independent runs executed at the same time (default 1)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="independent runs executed at the same time (default 1); more than one: on a local Dask cluster",
+    )
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on the Dask cluster of this scheduler (e.g. tcp://host:8786; dask-jobqueue for HPC) instead",
+    )
     run.add_argument("--root", default=".", help="repository root (default: .)")
     run.set_defaults(handler=_cmd_book_run)
 

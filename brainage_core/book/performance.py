@@ -25,12 +25,21 @@ __all__ = [
     "largest_loop_batch",
     "loss_timings",
     "machine_summary",
+    "parallel_table",
     "pipeline_costs",
     "prepare_table",
     "raw_t1_files",
+    "read_results",
     "run_times",
+    "scaling_sentence",
+    "scaling_table",
     "throughput_table",
 ]
+
+# The streaming goals of the scaling benchmark: memory at the largest cohort within 20 % of that at
+# the smallest, and throughput within 10 % of the in-memory path.
+RSS_GROWTH_GOAL = 1.20
+THROUGHPUT_GOAL = 0.90
 
 
 def bench_config(overrides: Sequence[str] = ()) -> RunConfig:
@@ -138,3 +147,44 @@ def run_times(keys_dir: str | os.PathLike[str]) -> tuple[pd.DataFrame, float]:
     times = pd.DataFrame([{"run": p.stem, "minutes": json.loads(p.read_text())["seconds"] / 60} for p in records])
     total = float(times["minutes"].sum())
     return times.sort_values("minutes", ascending=False).reset_index(drop=True), total
+
+
+def scaling_table(scaling: dict[str, Any]) -> pd.DataFrame:
+    """One row per (cohort size, data path) of ``brainage bench --scaling``: peak RSS (MiB) and samples/s."""
+    columns = ["n_scans", "mode", "peak_rss_mb", "samples_per_s"]
+    return pd.DataFrame(scaling["rows"])[columns].sort_values(["mode", "n_scans"]).reset_index(drop=True)
+
+
+def scaling_sentence(scaling: dict[str, Any]) -> str:
+    """The scaling benchmark's verdict: memory growth per data path and streamed throughput, against the goals."""
+    table = scaling_table(scaling).set_index(["mode", "n_scans"])
+    sizes = sorted(table.index.get_level_values("n_scans").unique())
+    smallest, largest = sizes[0], sizes[-1]
+    growth = scaling["rss_growth"]
+    ratios = [float(value) for value in scaling["streamed_over_in_memory_throughput"].values()]
+    streamed_rss = [table.loc[("streamed", n), "peak_rss_mb"] for n in (smallest, largest)]
+    memory_rss = [table.loc[("in_memory", n), "peak_rss_mb"] for n in (smallest, largest)]
+    memory_met = growth["streamed"] <= RSS_GROWTH_GOAL
+    speed_met = min(ratios) >= THROUGHPUT_GOAL
+    return (
+        f"From {smallest:,} to {largest:,} scans, the peak memory of a streamed run went from "
+        f"{streamed_rss[0]:.0f} to {streamed_rss[1]:.0f} MiB ({100 * (growth['streamed'] - 1):+.0f} %; goal within "
+        f"{100 * (RSS_GROWTH_GOAL - 1):.0f} %: {'met' if memory_met else 'not met'}), that of an in-memory run from "
+        f"{memory_rss[0]:.0f} to {memory_rss[1]:.0f} MiB ({100 * (growth['in_memory'] - 1):+.0f} %). Streamed "
+        f"training ran at {100 * min(ratios):.0f}-{100 * max(ratios):.0f} % of the in-memory throughput (goal at "
+        f"least {100 * THROUGHPUT_GOAL:.0f} %: {'met' if speed_met else 'not met'})."
+    )
+
+
+def read_results(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A benchmark's JSON results, or ``None`` when the file does not exist (not measured)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def parallel_table(parallel: dict[str, Any]) -> pd.DataFrame:
+    """``brainage bench --parallel``: wall time per task and number of workers, and the speed-up over one worker."""
+    table = pd.DataFrame(parallel["rows"])
+    one_worker = table[table["workers"] == 1].set_index("task")["seconds"]
+    table["speedup"] = table["task"].map(one_worker) / table["seconds"]
+    return table
