@@ -361,7 +361,20 @@ class Trainer:
         )
 
     def evaluate(self) -> tuple[float, float]:
-        """Fit the probe (contrastive) and return (train MAE, validation MAE) in years."""
+        """Fit the probe (contrastive) and return (train MAE, validation MAE) in years.
+
+        Evaluation has no augmentation to overlap with, so with ``num_threads`` set it also takes
+        the cores of the ``num_workers`` DataLoader workers, which are idle meanwhile.
+        """
+        previous = torch.get_num_threads()
+        if self.config.num_threads and self.config.num_workers:
+            torch.set_num_threads(self.config.num_threads + self.config.num_workers)
+        try:
+            return self._evaluate()
+        finally:
+            torch.set_num_threads(previous)
+
+    def _evaluate(self) -> tuple[float, float]:
         if self.contrastive:
             weight, bias = self._probe(extract_features(self.model, self.volumes[self.train_idx], self.device))
             with torch.no_grad():
