@@ -57,6 +57,7 @@ __all__ = [
     "run_folder",
     "smoke_mode",
     "smoke_paths",
+    "stopping_rule",
     "with_loss",
 ]
 
@@ -120,6 +121,17 @@ def ensure_cohort(cohort_dir: str | os.PathLike[str], cohort: CohortConfig, prog
             return manifest
     return generate_cohort(
         cohort_dir, n_subjects=cohort.n_subjects, seed=cohort.seed, spacing=cohort.spacing, progress=progress
+    )
+
+
+def stopping_rule(config: RunConfig) -> str:
+    """The early-stopping rule of ``config`` in words, for the chapters' text."""
+    optim = config.train
+    if optim.patience is None:
+        return f"runs all {optim.epochs} epochs (no early stopping, `train.patience`)"
+    return (
+        f"stops once {optim.patience} epochs bring no better validation MAE (`train.patience`), not before "
+        f"epoch {optim.min_epochs} (`train.min_epochs`) and at most at epoch {optim.epochs} (`train.epochs`)"
     )
 
 
