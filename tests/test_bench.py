@@ -70,5 +70,5 @@ def test_scaling_sentence_says_whether_each_goal_is_met() -> None:
         "streamed_over_in_memory_throughput": {"300": 1.0, "3000": 0.75},
     }
     sentence = scaling_sentence(results)
-    assert "600 to 900 MiB (+50 %; goal within 20 %: not met)" in sentence
+    assert "600 to 900 MiB (+50.0 %; goal within 20 %: not met)" in sentence
     assert "75-100 % of the in-memory throughput (goal at least 90 %: not met)" in sentence

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from brainage_core.book.plots.performance import plot_loss_timings
+from brainage_core.book.plots.performance import plot_loss_timings, plot_parallel, plot_scaling
 from brainage_core.book.plots.realdata import plot_cv_predictions, plot_saved_images
 
 
@@ -61,3 +61,30 @@ def test_loss_timings_log_log_with_the_loop_only_where_timed() -> None:
     assert list(fast.get_xdata()) == [32, 64, 128] and list(loop.get_xdata()) == [32, 64]
     assert list(loop.get_ydata()) == pytest.approx([10.0, 40.0])  # milliseconds
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["loop-free (ours)", "per-column loop"]
+
+
+def test_scaling_plot_has_a_line_per_data_path_and_the_sizes_as_ticks() -> None:
+    table = pd.DataFrame(
+        {
+            "n_scans": [300, 3000, 300, 3000],
+            "mode": ["in_memory", "in_memory", "streamed", "streamed"],
+            "peak_rss_mb": [670.0, 1073.0, 648.0, 645.0],
+            "samples_per_s": [50.0, 42.0, 49.0, 41.0],
+        }
+    )
+    memory, speed = plot_scaling(table).axes
+    assert [list(line.get_ydata()) for line in memory.get_lines()] == [[670.0, 1073.0], [648.0, 645.0]]
+    assert [list(line.get_ydata()) for line in speed.get_lines()] == [[50.0, 42.0], [49.0, 41.0]]
+    assert [tick.get_text() for tick in memory.get_xticklabels()] == ["300", "3,000"]
+    assert [text.get_text() for text in memory.get_legend().get_texts()] == [
+        "held in memory",
+        "streamed from the cache",
+    ]
+
+
+def test_parallel_plot_has_a_bar_per_task_and_worker_count() -> None:
+    table = pd.DataFrame(
+        {"task": ["prepare", "prepare", "book", "book"], "workers": [1, 2, 1, 2], "seconds": [60, 30, 120, 90]}
+    )
+    ax = plot_parallel(table).axes[0]
+    assert sorted(round(patch.get_width(), 2) for patch in ax.patches) == [0.5, 1.0, 1.5, 2.0]  # minutes

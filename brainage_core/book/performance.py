@@ -168,9 +168,9 @@ def scaling_sentence(scaling: dict[str, Any]) -> str:
     speed_met = min(ratios) >= THROUGHPUT_GOAL
     return (
         f"From {smallest:,} to {largest:,} scans, the peak memory of a streamed run went from "
-        f"{streamed_rss[0]:.0f} to {streamed_rss[1]:.0f} MiB ({100 * (growth['streamed'] - 1):+.0f} %; goal within "
+        f"{streamed_rss[0]:.0f} to {streamed_rss[1]:.0f} MiB ({100 * (growth['streamed'] - 1):+.1f} %; goal within "
         f"{100 * (RSS_GROWTH_GOAL - 1):.0f} %: {'met' if memory_met else 'not met'}), that of an in-memory run from "
-        f"{memory_rss[0]:.0f} to {memory_rss[1]:.0f} MiB ({100 * (growth['in_memory'] - 1):+.0f} %). Streamed "
+        f"{memory_rss[0]:.0f} to {memory_rss[1]:.0f} MiB ({100 * (growth['in_memory'] - 1):+.1f} %). Streamed "
         f"training ran at {100 * min(ratios):.0f}-{100 * max(ratios):.0f} % of the in-memory throughput (goal at "
         f"least {100 * THROUGHPUT_GOAL:.0f} %: {'met' if speed_met else 'not met'})."
     )

@@ -37,8 +37,14 @@ def plot_scaling(table: pd.DataFrame) -> Figure:
         label = {"streamed": "streamed from the cache", "in_memory": "held in memory"}.get(str(mode), str(mode))
         memory.plot(rows["n_scans"], rows["peak_rss_mb"], marker="o", label=label)
         speed.plot(rows["n_scans"], rows["samples_per_s"], marker="o", label=label)
-    memory.set(xscale="log", xlabel="scans in the cohort", ylabel="peak resident memory (MiB)", ylim=(0, None))
-    speed.set(xscale="log", xlabel="scans in the cohort", ylabel="training samples / s", ylim=(0, None))
+    sizes = sorted(table["n_scans"].unique())
+    for ax in (memory, speed):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+        ax.minorticks_off()
+        ax.set(xlabel="scans in the cohort", ylim=(0, None))
+    memory.set_ylabel("peak resident memory (MiB)")
+    speed.set_ylabel("training samples / s")
     memory.legend(frameon=False, loc="lower right")
     fig.tight_layout()
     return fig
