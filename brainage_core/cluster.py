@@ -20,6 +20,7 @@ the failure of that run or scan, never a silent loss. Dask is the optional extra
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -65,7 +66,11 @@ def dask_executor(jobs: int | None, scheduler: str | None = None, connect_timeou
     try:
         if scheduler is None:
             cluster = LocalCluster(
-                n_workers=max(1, jobs or 1), threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=max(1, jobs or 1),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",  # any free port: a chapter's cluster may run inside a book run's
+                silence_logs=logging.ERROR,  # keep Dask's info and warnings out of notebook outputs
             )
             client = Client(cluster)
         else:
