@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from brainage_core import __version__
 from brainage_core.config import RunConfig
 from brainage_core.data import UnaugmentedDraws, VolumeDataset
-from brainage_core.engine import compute_loss
+from brainage_core.engine import compute_loss, torch_threads
 from brainage_core.fileio import write_json
 from brainage_core.imaging import AugmentConfig, build_augmentation
 from brainage_core.inference import resolve_device
@@ -260,9 +260,6 @@ def bench_training_throughput(
         _synchronize(device)
         return steps * batch_size / (time.perf_counter() - started)
 
-    caller_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)  # as training does; restored below
     model.train()
     loader = DataLoader(
         UnaugmentedDraws(dataset) if config.augment.on_device else dataset,
@@ -274,13 +271,11 @@ def bench_training_throughput(
         pin_memory=device.type == "cuda",
         drop_last=True,
     )
-    try:
+    with torch_threads(config.num_threads):  # as training does
         pipeline = timed(loader)
         fixed = next(iter(DataLoader(dataset, batch_size=batch_size)))
         model_only = timed([fixed] * (steps + warmup_steps))
-        torch_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(caller_threads)
+        threads = torch.get_num_threads()
     return {
         "loss": config.loss.name,
         "batch_size": batch_size,
@@ -289,7 +284,7 @@ def bench_training_throughput(
         "arch": config.model.arch,
         "width": config.model.width,
         "num_workers": config.num_workers,
-        "torch_threads": torch_threads,
+        "torch_threads": threads,
         "augment_on_device": config.augment.on_device,
         "pipeline_samples_per_s": pipeline,
         "model_only_samples_per_s": model_only,

@@ -10,9 +10,10 @@ workers, on batch order, or on whether a run was resumed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,8 @@ __all__ = [
     "sample_seed",
     "training_subset",
 ]
+
+Scan = TypeVar("Scan")
 
 
 @dataclass
@@ -161,16 +164,9 @@ def load_volumes(
     """
     volumes = torch.empty((len(images), 1, *config.shape), dtype=torch.float16)
     affines = torch.empty((len(images), 4, 4), dtype=torch.float64)
-    failures = []
-    for index, (image, mask) in enumerate(tqdm(list(zip(images, masks)), desc="preprocess", disable=not progress)):
-        try:
-            volume = cache.load(image, config, mask or None)
-        except ImageReadError as error:
-            failures.append(f"  - row {rows[index] if rows is not None else index + 1}: {error}")
-            continue
+    for index, volume in _each_scan(images, masks, lambda image, mask: cache.load(image, config, mask), progress, rows):
         volumes[index] = volume.as_tensor().half()
         affines[index] = torch.as_tensor(volume.affine, dtype=torch.float64)
-    _raise_failures(failures, len(images))
     return volumes, affines
 
 
@@ -189,20 +185,34 @@ def cached_volumes(
     Raises:
         ImageReadError: one or more scans cannot be used; the message lists every one.
     """
-    entries, failures = [], []
+    read = _each_scan(images, masks, lambda image, mask: cache.entry(image, config, mask), progress, rows)
+    return CachedVolumes([entry for _, entry in read], config.shape)
+
+
+def _each_scan(
+    images: Sequence[str],
+    masks: Sequence[str | None],
+    read: Callable[[str, str | None], Scan],
+    progress: bool,
+    rows: Sequence[int] | None,
+) -> Iterator[tuple[int, Scan]]:
+    """``(position, read(image, mask))`` of every scan that can be read, one at a time.
+
+    Raises:
+        ImageReadError: after the last scan, when any could not be read; the message lists every
+            one by its manifest row (``rows``, 1-based; by default the position + 1).
+    """
+    failures = []
     for index, (image, mask) in enumerate(tqdm(list(zip(images, masks)), desc="preprocess", disable=not progress)):
         try:
-            entries.append(cache.entry(image, config, mask or None))
+            scan = read(image, mask or None)
         except ImageReadError as error:
             failures.append(f"  - row {rows[index] if rows is not None else index + 1}: {error}")
-    _raise_failures(failures, len(images))
-    return CachedVolumes(entries, config.shape)
-
-
-def _raise_failures(failures: list[str], n_scans: int) -> None:
+            continue
+        yield index, scan
     if failures:
         raise ImageReadError(
-            f"{len(failures)} of {n_scans} scans cannot be used (rows of the manifest; "
+            f"{len(failures)} of {len(images)} scans cannot be used (rows of the manifest; "
             "`brainage validate MANIFEST` lists the same problems):\n" + "\n".join(failures)
         )
 

@@ -25,7 +25,8 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -44,7 +45,19 @@ from brainage_core.losses import CONTRASTIVE_LOSSES, REGRESSION_LOSSES, build_lo
 from brainage_core.manifest import read_manifest
 from brainage_core.models import build_model
 
-__all__ = ["Trainer", "compute_loss", "fit_linear_probe"]
+__all__ = ["Trainer", "compute_loss", "fit_linear_probe", "torch_threads"]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (``None``: unchanged), then restore the caller's."""
+    caller = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(caller)
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -366,13 +379,9 @@ class Trainer:
         Evaluation has no augmentation to overlap with, so with ``num_threads`` set it also takes
         the cores of the ``num_workers`` DataLoader workers, which are idle meanwhile.
         """
-        previous = torch.get_num_threads()
-        if self.config.num_threads and self.config.num_workers:
-            torch.set_num_threads(self.config.num_threads + self.config.num_workers)
-        try:
+        threads, workers = self.config.num_threads, self.config.num_workers
+        with torch_threads(threads + workers if threads and workers else None):
             return self._evaluate()
-        finally:
-            torch.set_num_threads(previous)
 
     def _evaluate(self) -> tuple[float, float]:
         if self.contrastive:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from brainage_core import distributed
 from brainage_core.config import ConfigError, RunConfig, config_problems
-from brainage_core.engine import Trainer, fit_linear_probe
+from brainage_core.engine import Trainer, fit_linear_probe, torch_threads
 from brainage_core.fileio import atomic_path
 from brainage_core.inference import resolve_device
 from brainage_core.ownership import claim, clear_owned_folder, remove_owned, remove_stale_temp_files
@@ -127,18 +127,16 @@ def train(config: RunConfig, run_dir: str | os.PathLike[str], resume: bool = Fal
             "data.manifest is not set: pass --set data.manifest=path/to/manifest.csv (or a --config file setting it)"
         )
     started_distributed = _init_distributed(config)
-    caller_threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)  # restored below: a notebook's later cells keep theirs
     try:
-        if distributed.rank() != 0:  # only rank 0 writes (and locks) the run directory
-            return _train_locked(config, run_dir, resume, progress, created=False)
-        created = not run_dir.exists()
-        with lock_run(run_dir, command="train"):
-            _check_run_dir(config, run_dir, resume)  # again, now that no other process can write
-            return _train_locked(config, run_dir, resume, progress, created)
+        # The caller's thread count is restored after: a notebook's later cells keep theirs.
+        with torch_threads(config.num_threads):
+            if distributed.rank() != 0:  # only rank 0 writes (and locks) the run directory
+                return _train_locked(config, run_dir, resume, progress, created=False)
+            created = not run_dir.exists()
+            with lock_run(run_dir, command="train"):
+                _check_run_dir(config, run_dir, resume)  # again, now that no other process can write
+                return _train_locked(config, run_dir, resume, progress, created)
     finally:
-        torch.set_num_threads(caller_threads)
         if started_distributed:
             dist.destroy_process_group()
 
