@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from brainage_core.cli_predict import add_predict
+from brainage_core.cli_predict import add_predict, add_release
 from brainage_core.cli_prepare import add_prepare
 
 __all__ = ["build_parser", "main"]
@@ -410,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     ixi.set_defaults(handler=_cmd_import_ixi)
     add_prepare(subparsers)
     add_predict(subparsers)
+    add_release(subparsers)
 
     _add_train(subparsers)
 

@@ -1,4 +1,5 @@
-"""The ``brainage predict`` subcommand: brain age of a manifest's scans or of single raw scans.
+"""The ``brainage predict`` and ``brainage release`` subcommands: brain age of new scans, and the
+release model (a fold ensemble) they can predict with.
 
 Kept apart from :mod:`brainage_core.cli` (which calls :func:`add_predict`) so that module stays
 small; the heavy imports happen only when the command runs.
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["add_predict", "describe_scan"]
+__all__ = ["add_predict", "add_release", "describe_scan"]
 
 
 def describe_scan(row: pd.Series) -> str:
@@ -65,6 +66,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    from brainage_core.release import INTERVAL_LEVEL, build_release
+
+    release = build_release(args.runs, args.out, level=args.level or INTERVAL_LEVEL)
+    print(f"wrote the release model {args.out}: {len(release.members)} fold models")
+    print(f"out-of-fold MAE of the fold models: {release.mae:.2f} y")
+    print(release.interval.describe())
+    return 0
+
+
+def add_release(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``brainage release`` to the command's subparsers."""
+    release = subparsers.add_parser(
+        "release",
+        help="one model from the fold runs of a cross-validation: ensemble, bias correction and interval",
+        description="Combine the fold runs of one method's cross-validation (one run per held-out fold) into a "
+        "release model that 'brainage predict --run' accepts: it predicts with the mean of the fold models; its "
+        "age-bias correction and conformal interval are fitted on the out-of-fold predictions, and the interval's "
+        "coverage is checked fold by fold. Example: brainage release runs/rnc_fold* --out models/ixi_rnc",
+    )
+    release.add_argument("runs", nargs="+", type=Path, help="finished run directories, one per held-out fold")
+    release.add_argument("--out", required=True, type=Path, help="the release folder (replaced if brainage wrote it)")
+    release.add_argument("--level", type=float, help="nominal coverage of the interval (default 0.9)")
+    release.set_defaults(handler=_cmd_release)
+
+
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
     """Add ``brainage predict`` to the command's subparsers."""
     predict = subparsers.add_parser(
@@ -77,7 +104,9 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "prepared scans. Example: brainage predict --run runs/ixi_rnc sub-01_T1w.nii.gz --age 63",
     )
     predict.add_argument("scans", nargs="*", type=Path, help="raw T1 files (with skull, any orientation)")
-    predict.add_argument("--run", required=True, type=Path, help="a finished run directory")
+    predict.add_argument(
+        "--run", required=True, type=Path, help="a finished run directory, or a release folder (brainage release)"
+    )
     predict.add_argument("--manifest", type=Path, help="manifest of the scans to predict (instead of scan files)")
     predict.add_argument("--age", type=float, nargs="+", help="chronological age of each scan file, for the gaps")
     predict.add_argument("--out", type=Path, help="output CSV (required with --manifest)")

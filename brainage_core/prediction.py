@@ -17,10 +17,15 @@
   smallest absolute error on the run's ``n`` healthy validation rows. For a new scan from the
   population of those controls the age lies inside with probability at least ``level``; its
   coverage on the run's healthy test rows is reported (:class:`ConformalInterval`).
+
+A release model (:mod:`brainage_core.release`: the fold models of a cross-validation) goes
+wherever a run directory goes: it predicts with the mean of its fold models, and its bias
+correction and interval were fitted on the out-of-fold predictions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -32,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from brainage_core.analysis.metrics import BIAS_CORRECTION, HEALTHY_GROUP, corrected_predictions
+from brainage_core.analysis.metrics import BIAS_CORRECTION, HEALTHY_GROUP, BiasCorrection, corrected_predictions
 from brainage_core.data import open_manifest_volumes
 from brainage_core.imaging import default_cache_dir
 from brainage_core.inference import predict_ages, resolve_device
 from brainage_core.manifest import PREPARATION_COLUMN, read_manifest, read_manifest_table
+from brainage_core.release import INTERVAL_LEVEL, ConformalInterval, conformal_half_width, is_release, read_release
 from brainage_core.rundir import load_model, read_predictions
 
 __all__ = [
@@ -48,7 +54,6 @@ __all__ = [
     "run_preparations",
 ]
 
-INTERVAL_LEVEL = 0.9  # nominal coverage of the per-scan age interval
 CARRIED_COLUMNS = ("subject_id", "session", "split", "group", "sex", "site", "age")  # copied when present
 PREPARE_TOKEN = re.compile(r"^brainage-prepare-v\d+$")  # what brainage prepare / import-ixi write
 
@@ -58,36 +63,39 @@ class PreparationMismatchError(ValueError):
 
 
 @dataclass(frozen=True)
-class ConformalInterval:
-    """A split-conformal interval ``predicted +- half_width`` fitted on a run's validation controls.
+class _Predictor:
+    """What predicts: the run directories whose models are averaged, the interval and the correction.
 
-    Attributes:
-        level: nominal coverage.
-        half_width: ``q`` in years (``inf`` when there are too few validation rows for ``level``).
-        n_calibration: healthy validation rows it was fitted on.
-        test_coverage: fraction of the run's healthy test rows inside their interval (NaN without).
-        n_test: those test rows.
+    ``correction`` is ``None`` when it cannot be fitted; ``note`` then says why.
     """
 
-    level: float
-    half_width: float
-    n_calibration: int
-    test_coverage: float
-    n_test: int
+    members: list[Path]
+    interval: ConformalInterval
+    correction: BiasCorrection | None
+    note: str
+    trained_on: set[str]
 
-    def describe(self) -> str:
-        """One sentence for the terminal and the book."""
-        if self.n_calibration == 0:
-            return f"no interval: the run has no {HEALTHY_GROUP} validation rows to calibrate it on"
-        coverage = (
-            f"covers {self.test_coverage:.0%} of the run's {self.n_test} healthy test scans"
-            if self.n_test
-            else "no healthy test scans to check its coverage"
-        )
-        return (
-            f"{self.level:.0%} interval: predicted age +- {self.half_width:.1f} y "
-            f"(split-conformal on {self.n_calibration} validation controls; {coverage})"
-        )
+
+def _predictor(run_dir: str | os.PathLike[str], level: float) -> _Predictor:
+    """A run directory's single model, or a release folder's fold ensemble."""
+    if is_release(run_dir):
+        release = read_release(run_dir)
+        if level != release.interval.level:
+            raise ValueError(
+                f"{run_dir}: the release's interval was calibrated for {release.interval.level:.0%} coverage, "
+                f"not {level:.0%}; rebuild it with that level"
+            )
+        members = list(release.members.values())
+        trained_on = set().union(*(run_preparations(read_predictions(member)) for member in members))
+        return _Predictor(members, release.interval, release.correction, release.note, trained_on)
+    run_predictions = read_predictions(run_dir)
+    interval = conformal_interval(run_predictions, level)
+    try:
+        correction = corrected_predictions(run_predictions, method=BIAS_CORRECTION).attrs["bias_correction"]
+        note = ""
+    except ValueError as error:  # e.g. an untrained model whose predictions do not rise with age
+        correction, note = None, f"no bias-corrected gap: the run's age-bias correction cannot be fitted ({error})"
+    return _Predictor([Path(run_dir)], interval, correction, note, run_preparations(run_predictions))
 
 
 def conformal_interval(run_predictions: pd.DataFrame, level: float = INTERVAL_LEVEL) -> ConformalInterval:
@@ -98,15 +106,10 @@ def conformal_interval(run_predictions: pd.DataFrame, level: float = INTERVAL_LE
     Raises:
         ValueError: ``level`` outside (0, 1).
     """
-    if not 0 < level < 1:
-        raise ValueError(f"interval level must be between 0 and 1; got {level}")
     healthy = run_predictions[run_predictions["group"] == HEALTHY_GROUP]
     errors = lambda rows: (rows["predicted_age"] - rows["age"]).abs().to_numpy()  # noqa: E731
-    calibration = np.sort(errors(healthy[healthy["split"] == "val"]))
-    rank = math.ceil((calibration.size + 1) * level)
-    half_width = (
-        math.nan if calibration.size == 0 else float(calibration[rank - 1]) if rank <= calibration.size else math.inf
-    )
+    calibration = errors(healthy[healthy["split"] == "val"])
+    half_width = conformal_half_width(calibration, level)
     test = errors(healthy[healthy["split"] == "test"])
     coverage = float(np.mean(test <= half_width)) if test.size else math.nan
     return ConformalInterval(level, half_width, int(calibration.size), coverage, int(test.size))
@@ -213,7 +216,7 @@ def predict_scans(
     """Brain age of a manifest's scans or of single scan files, with gaps and intervals.
 
     Args:
-        run_dir: a finished run directory.
+        run_dir: a finished run directory, or a release folder (:mod:`brainage_core.release`).
         manifest: scans to predict: prepared like the run's training scans, or raw (no
             ``preparation`` column), which are prepared first when the run was trained on
             prepared scans. Exactly one of ``manifest`` and ``scans``.
@@ -228,8 +231,8 @@ def predict_scans(
         The predictions (the carried manifest columns, ``predicted_age``, ``interval_low``,
         ``interval_high``, ``brain_age_gap`` and ``brain_age_gap_corrected``; gaps are NaN
         without an age, the corrected gap also when the run's correction cannot be fitted, the
-        interval when the run has no healthy validation rows; ``attrs["notes"]`` says which) and
-        the interval.
+        interval when the run has no healthy validation rows; ``attrs["notes"]`` says which; a
+        release adds ``member_sd``, the spread of its fold models' predictions) and the interval.
 
     Raises:
         PreparationMismatchError: the scans were prepared otherwise than the run's.
@@ -239,27 +242,31 @@ def predict_scans(
         raise ValueError("give either a manifest or scan files, not both and not neither")
     if ages and len(ages) != len(scans):
         raise ValueError(f"{len(ages)} age(s) for {len(scans)} scan(s); give one age per scan or none")
-    run_predictions = read_predictions(run_dir)
-    interval = conformal_interval(run_predictions, level)
-    trained_on = run_preparations(run_predictions)
-    frame = _scans_to_predict(manifest, scans, list(ages) or [None] * len(scans), trained_on, prepared_cache, progress)
+    predictor = _predictor(run_dir, level)
+    frame = _scans_to_predict(
+        manifest, scans, list(ages) or [None] * len(scans), predictor.trained_on, prepared_cache, progress
+    )
 
     torch_device = resolve_device(device)
-    model, config = load_model(run_dir, str(torch_device))
-    volumes = open_manifest_volumes(frame, config.data, progress=progress)
     result = frame[[c for c in CARRIED_COLUMNS if c in frame.columns]].copy()
-    result["predicted_age"] = predict_ages(model, volumes, torch_device).numpy().astype(float)
-    result["interval_low"] = result["predicted_age"] - interval.half_width
-    result["interval_high"] = result["predicted_age"] + interval.half_width
+    per_member, opened = [], {}
+    for member in predictor.members:  # the members of a release may read scans differently
+        model, config = load_model(member, str(torch_device))
+        reading = repr(dataclasses.replace(config.data, test_fold=None))
+        if reading not in opened:
+            opened[reading] = open_manifest_volumes(frame, config.data, progress=progress)
+        per_member.append(predict_ages(model, opened[reading], torch_device).numpy().astype(float))
+    result["predicted_age"] = np.mean(per_member, axis=0)
+    if len(per_member) > 1:
+        result["member_sd"] = np.std(per_member, axis=0, ddof=1)
+    result["interval_low"] = result["predicted_age"] - predictor.interval.half_width
+    result["interval_high"] = result["predicted_age"] + predictor.interval.half_width
     age = pd.to_numeric(result["age"], errors="coerce")
     result["brain_age_gap"] = result["predicted_age"] - age
-    result.attrs["notes"] = []
-    try:
-        correction = corrected_predictions(run_predictions, method=BIAS_CORRECTION).attrs["bias_correction"]
-    except ValueError as error:  # e.g. an untrained model whose predictions do not rise with age
+    result.attrs["notes"] = [predictor.note] if predictor.note else []
+    if predictor.correction is None:
         result["brain_age_gap_corrected"] = math.nan
-        result.attrs["notes"].append(f"no bias-corrected gap: the run's age-bias correction cannot be fitted ({error})")
     else:
-        result["brain_age_gap_corrected"] = correction.apply(age, result["predicted_age"]) - age
-        result.attrs["bias_correction"] = correction
-    return result, interval
+        result["brain_age_gap_corrected"] = predictor.correction.apply(age, result["predicted_age"]) - age
+        result.attrs["bias_correction"] = predictor.correction
+    return result, predictor.interval
