@@ -45,6 +45,7 @@ __all__ = [
     "load_cohort_config",
     "load_config",
     "split_overrides",
+    "with_overrides",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -344,6 +345,20 @@ def apply_overrides(values: dict[str, Any], overrides: Iterable[str]) -> dict[st
             target[keys[-1]] = value
     if problems:
         raise ConfigError(problems, "overrides")
+    return result
+
+
+def with_overrides(config: RunConfig, overrides: Iterable[str], source: str = "the overrides") -> RunConfig:
+    """A validated copy of ``config`` with ``section.key=value`` overrides applied.
+
+    Raises:
+        ConfigError: every problem of the result, naming ``source``.
+    """
+    problems: list[str] = []
+    result = dataclass_from_dict(RunConfig, apply_overrides(config_to_dict(config), overrides), problems)
+    problems += config_problems(result)
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)), source)
     return result
 
 

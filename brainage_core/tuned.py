@@ -18,15 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from brainage_core.config import (
-    ConfigError,
-    RunConfig,
-    apply_overrides,
-    config_problems,
-    config_to_dict,
-    dataclass_from_dict,
-    load_config,
-)
+from brainage_core.config import RunConfig, config_to_dict, load_config, with_overrides
 from brainage_core.fileio import atomic_path
 
 __all__ = ["TuningResult", "apply_tuned", "read_recipe", "read_tuning", "tuned_overrides", "write_tuned"]
@@ -125,12 +117,7 @@ def apply_tuned(config: RunConfig, tuned: str | os.PathLike[str] | None) -> RunC
     values = config_to_dict(config)
     defaults = config_to_dict(load_config(None, [f"loss.name={config.loss.name}"]))
     kept = [item for item in items if _lookup(values, item) == _lookup(defaults, item)]
-    problems: list[str] = []
-    tuned_config = dataclass_from_dict(RunConfig, apply_overrides(values, kept), problems)
-    problems += config_problems(tuned_config)
-    if problems:
-        raise ConfigError(problems, f"the tuned settings in {tuned}")
-    return tuned_config
+    return with_overrides(config, kept, f"the tuned settings in {tuned}")
 
 
 def _lookup(values: dict[str, Any], item: str) -> Any:

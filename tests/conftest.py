@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
+from brainage_core.engine import Trainer
+from brainage_core.imaging import VolumeCache
 
 IXI_DIR = Path(
     os.environ.get("BRAINAGE_IXI_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ixi_t1_2mm")
@@ -73,3 +77,28 @@ def write_tiny_cohort(folder: Path, n_subjects: int = 24, seed: int = 0, size: i
     path = folder / "manifest.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
+    """Every image the preprocessing reads, with the phase of the run it was read in."""
+    log: list[tuple[str, str]] = []
+    phase = {"now": "setup"}
+    load, fit_epoch, predict = VolumeCache.load, Trainer.fit_epoch, Trainer.predict_every_row
+
+    def spy_load(self, image, *args, **kwargs):
+        log.append((str(Path(image).resolve()), phase["now"]))
+        return load(self, image, *args, **kwargs)
+
+    def spy_fit_epoch(self, epoch):
+        phase["now"] = "training"
+        return fit_epoch(self, epoch)
+
+    def spy_predict(self):
+        phase["now"] = "final"
+        return predict(self)
+
+    monkeypatch.setattr(VolumeCache, "load", spy_load)
+    monkeypatch.setattr(Trainer, "fit_epoch", spy_fit_epoch)
+    monkeypatch.setattr(Trainer, "predict_every_row", spy_predict)
+    yield log

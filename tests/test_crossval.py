@@ -10,15 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainage_core import engine
 from brainage_core.analysis.crossval import (
     baseline_cv_predictions,
+    corrected_out_of_fold,
     cross_validate,
     cv_runs,
     cv_summary,
+    gap_age_correlation,
     out_of_fold_predictions,
     region_volumes,
 )
 from brainage_core.config import RunConfig, load_config
+from brainage_core.data import DataConfig
+from brainage_core.engine import Trainer
 from tests.conftest import write_nifti, write_tiny_cohort
 
 
@@ -114,9 +119,75 @@ def test_cross_validate_compares_every_method_on_the_same_folds_and_writes_the_t
     assert len(written) == len(cv.predictions) == 90
     assert written["predicted_age"].to_numpy() == pytest.approx(cv.predictions["predicted_age"].to_numpy())
 
+    differences = cv.differences("ridge_regions", n_boot=200).set_index("method")
+    assert differences.loc["mean", "difference"] == pytest.approx(cv.mae("mean") - cv.mae("ridge_regions"))
+    assert differences.loc["mean", "difference_low"] > 0, "paired by subject: the mean predictor is clearly worse"
+    verdicts = cv.verdicts("ridge_regions", {"ridge_regions": "ridge", "mse": "MSE"}, n_boot=200)
+    assert set(verdicts) == {"mse", "mean"} and "Holm-corrected p" in verdicts["mse"]
+
+    corrected = corrected_out_of_fold(cv.runs)
+    controls = frame.loc[frame["group"] == "CN", "subject_id"]
+    assert sorted(corrected["subject_id"]) == sorted(controls), "each control once, from the run that held it out"
+    mse = cv.predictions.query("method == 'mse'").set_index("subject_id").loc[corrected["subject_id"]]
+    assert corrected["gap"].to_numpy() == pytest.approx((mse["predicted_age"] - mse["age"]).to_numpy())
+    correlation = gap_age_correlation(corrected)
+    assert list(correlation["method"]) == ["mse"] and correlation.loc[0, "n"] == len(controls)
+    assert correlation.loc[0, "r_gap_age"] == pytest.approx(np.corrcoef(corrected["age"], corrected["gap"])[0, 1])
+
 
 def test_cross_validate_without_region_labels_names_the_manifest(tmp_path: Path) -> None:
     manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=6)
     with pytest.raises(ValueError, match=r"manifest\.csv.*'labels' column"):
         cross_validate(tiny_config(manifest, tmp_path), ["mse"], tmp_path / "runs", tmp_path / "out")
     assert not (tmp_path / "runs").exists(), "nothing is trained before the check"
+
+
+def test_cross_validation_never_trains_or_selects_on_its_test_fold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each fold run opens its test fold's scans once, after training; the baseline never sees test ages."""
+    manifest = write_tiny_cohort(tmp_path / "cohort", n_subjects=30)
+    opened: list[tuple[int, str, set[str]]] = []  # (run's test fold, phase, subjects whose scans were opened)
+    phase = {"now": "fit"}
+    real_open, real_init, real_predict = engine.open_manifest_volumes, Trainer.__init__, Trainer.predict_every_row
+
+    def spy_open(frame: pd.DataFrame, config: DataConfig, *args, **kwargs):
+        opened.append((config.test_fold, phase["now"], set(frame["subject_id"])))
+        return real_open(frame, config, *args, **kwargs)
+
+    def spy_init(self: Trainer, *args, **kwargs) -> None:
+        phase["now"] = "fit"
+        real_init(self, *args, **kwargs)
+
+    def spy_predict(self: Trainer):
+        phase["now"] = "final"
+        return real_predict(self)
+
+    monkeypatch.setattr(engine, "open_manifest_volumes", spy_open)
+    monkeypatch.setattr(Trainer, "__init__", spy_init)
+    monkeypatch.setattr(Trainer, "predict_every_row", spy_predict)
+    runs = cv_runs(tiny_config(manifest, tmp_path), ["mse"], tmp_path / "runs")
+
+    frame = pd.read_csv(manifest)
+    subjects = {fold: set(frame.loc[frame["fold"] == fold, "subject_id"]) for fold in range(3)}
+    for fold in range(3):
+        fitted = set().union(*(ids for test_fold, now, ids in opened if test_fold == fold and now == "fit"))
+        assert fitted == subjects[(fold + 1) % 3] | subjects[(fold + 2) % 3], "trained and selected on the other folds"
+        assert not fitted & subjects[fold], f"fold {fold}'s run read its test subjects before the final prediction"
+        final = set().union(*(ids for test_fold, now, ids in opened if test_fold == fold and now == "final"))
+        assert subjects[fold] <= final
+        predictions = pd.read_csv(runs[("mse", fold)] / "predictions.csv")
+        assert set(predictions.loc[predictions["split"] == "test", "subject_id"]) == subjects[fold]
+        assert set(predictions.loc[predictions["split"] == "val", "subject_id"]) == subjects[(fold + 1) % 3]
+
+    ages = frame.set_index("subject_id")["age"]
+    features = pd.DataFrame({"signal": ages + np.linspace(-2, 2, len(ages))}, index=ages.index)
+    folds = frame.set_index("subject_id")["fold"]
+    honest = baseline_cv_predictions(features, ages, folds)
+    scrambled_ages = ages.where(folds != 0, 1000.0)  # fold 0's ages changed: its own predictions must not move
+    scrambled = baseline_cv_predictions(features, scrambled_ages, folds)
+    in_fold0 = honest["fold"] == 0
+    assert scrambled.loc[in_fold0, "predicted_age"].to_numpy() == pytest.approx(
+        honest.loc[in_fold0, "predicted_age"].to_numpy()
+    )
+    assert not np.allclose(scrambled.loc[~in_fold0, "predicted_age"], honest.loc[~in_fold0, "predicted_age"])

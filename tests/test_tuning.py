@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -12,8 +11,6 @@ import yaml
 from brainage_core import tuning
 from brainage_core.cli import main
 from brainage_core.config import load_config
-from brainage_core.engine import Trainer
-from brainage_core.imaging import VolumeCache
 from brainage_core.manifest import read_manifest
 from brainage_core.train import train
 from brainage_core.tuned import apply_tuned, read_recipe, tuned_overrides
@@ -25,31 +22,6 @@ from tests.test_train import tiny_overrides
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_cohort(tmp_path_factory.mktemp("cohort"), n_subjects=30)
-
-
-@pytest.fixture
-def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, str]]]:
-    """Every image the preprocessing reads, with the phase of the run it was read in."""
-    log: list[tuple[str, str]] = []
-    phase = {"now": "setup"}
-    load, fit_epoch, predict = VolumeCache.load, Trainer.fit_epoch, Trainer.predict_every_row
-
-    def spy_load(self, image, *args, **kwargs):
-        log.append((str(Path(image).resolve()), phase["now"]))
-        return load(self, image, *args, **kwargs)
-
-    def spy_fit_epoch(self, epoch):
-        phase["now"] = "training"
-        return fit_epoch(self, epoch)
-
-    def spy_predict(self):
-        phase["now"] = "final"
-        return predict(self)
-
-    monkeypatch.setattr(VolumeCache, "load", spy_load)
-    monkeypatch.setattr(Trainer, "fit_epoch", spy_fit_epoch)
-    monkeypatch.setattr(Trainer, "predict_every_row", spy_predict)
-    yield log
 
 
 def split_images(cohort: Path, split: str) -> set[str]:

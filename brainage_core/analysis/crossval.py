@@ -25,7 +25,14 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from brainage_core.analysis.metrics import N_BOOT, metrics_with_ci
+from brainage_core.analysis.method_tests import describe_difference, method_differences
+from brainage_core.analysis.metrics import (
+    BIAS_CORRECTION,
+    HEALTHY_GROUP,
+    N_BOOT,
+    corrected_predictions,
+    metrics_with_ci,
+)
 from brainage_core.config import RunConfig
 from brainage_core.fileio import atomic_path
 from brainage_core.manifest import read_manifest
@@ -35,9 +42,11 @@ from brainage_core.train import ensure_run
 __all__ = [
     "CrossValidation",
     "baseline_cv_predictions",
+    "corrected_out_of_fold",
     "cross_validate",
     "cv_runs",
     "cv_summary",
+    "gap_age_correlation",
     "out_of_fold_predictions",
     "region_volumes",
 ]
@@ -102,6 +111,61 @@ def out_of_fold_predictions(runs: Mapping[tuple[str, int], str | os.PathLike[str
     if duplicated.any():
         raise ValueError(f"subjects predicted more than once: {table.loc[duplicated, 'subject_id'].tolist()[:10]}")
     return table
+
+
+def corrected_out_of_fold(
+    runs: Mapping[tuple[str, int], str | os.PathLike[str]], method: str = BIAS_CORRECTION
+) -> pd.DataFrame:
+    """Out-of-fold brain-age gaps of the controls before and after the age-bias correction.
+
+    Each fold run's correction is fitted on its own validation controls (never its test fold,
+    :func:`~brainage_core.analysis.metrics.corrected_predictions`) and applied to its test fold.
+    A run whose correction cannot be fitted (predictions that do not rise with age) gets NaN
+    corrected gaps.
+
+    Returns:
+        Columns ``method``, ``fold``, ``subject_id``, ``age``, ``gap`` and ``gap_corrected``.
+    """
+    parts = []
+    for (name, fold), run_dir in runs.items():
+        predictions = read_predictions(run_dir)
+        try:
+            corrected = corrected_predictions(predictions, method=method)
+        except ValueError:
+            corrected = predictions.assign(
+                gap=predictions["predicted_age"] - predictions["age"], gap_corrected=math.nan
+            )
+        test = corrected[(corrected["split"] == "test") & (corrected["group"] == HEALTHY_GROUP)]
+        parts.append(
+            test.assign(method=name, fold=fold)[["method", "fold", "subject_id", "age", "gap", "gap_corrected"]]
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def gap_age_correlation(corrected: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of the gap with age, before and after the correction, per method.
+
+    Args:
+        corrected: :func:`corrected_out_of_fold`.
+
+    Returns:
+        One row per method: ``method``, ``n``, ``r_gap_age``, ``r_corrected_gap_age`` (NaN when
+        some fold's correction could not be fitted).
+    """
+    rows = []
+    for name, group in corrected.groupby("method", sort=False):
+        after = group["gap_corrected"]
+        rows.append(
+            {
+                "method": name,
+                "n": len(group),
+                "r_gap_age": float(np.corrcoef(group["age"], group["gap"])[0, 1]),
+                "r_corrected_gap_age": float(np.corrcoef(group["age"], after)[0, 1])
+                if after.notna().all()
+                else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: Sequence[str]) -> pd.DataFrame:
@@ -207,6 +271,26 @@ class CrossValidation:
         row = self.table[self.table["method"] == method].iloc[0]
         return f"{row['mae']:.2f} (95% CI {row['mae_ci_low']:.2f}-{row['mae_ci_high']:.2f})"
 
+    def differences(self, reference: str, n_boot: int = N_BOOT) -> pd.DataFrame:
+        """Every method's MAE minus ``reference``'s, paired by subject, with 95 % CIs and Holm-corrected p.
+
+        See :func:`~brainage_core.analysis.method_tests.method_differences` (here each method is one
+        run: its out-of-fold predictions).
+        """
+        errors = self.predictions.assign(
+            seed=0, abs_error=(self.predictions["predicted_age"] - self.predictions["age"]).abs()
+        )
+        return method_differences(errors, reference, n_boot=n_boot)
+
+    def verdicts(self, reference: str, names: Mapping[str, str], n_boot: int = N_BOOT) -> dict[str, str]:
+        """One sentence per compared method on ``reference`` vs it (says "not significant" when it is not)."""
+        table = self.differences(reference, n_boot)
+        return {
+            method: describe_difference(table, reference, method, dict(names))
+            for method in table["method"]
+            if method != reference
+        }
+
 
 def cross_validate(
     config: RunConfig,
@@ -215,6 +299,7 @@ def cross_validate(
     out_dir: str | os.PathLike[str],
     n_boot: int = N_BOOT,
     progress: bool = False,
+    runs: Mapping[tuple[str, int], Path] | None = None,
 ) -> CrossValidation:
     """Deep models and classical baselines on the same folds, summarised and written to ``out_dir``.
 
@@ -231,6 +316,9 @@ def cross_validate(
         out_dir: where the two tables are written (created).
         n_boot: bootstrap resamples for the confidence intervals.
         progress: show progress bars.
+        runs: the deep models' runs when they were chosen elsewhere (e.g. per fold by
+            :func:`~brainage_core.analysis.recipes.choose_recipes`); ``losses`` and ``runs_root``
+            are then not used to train.
 
     Returns:
         The runs, the out-of-fold predictions and the summary table.
@@ -244,7 +332,7 @@ def cross_validate(
             f"{config.data.manifest}: the ridge baseline needs a 'labels' column of region label images "
             "(import IXI with its seg/ folder)"
         )
-    runs = cv_runs(config, losses, runs_root, progress=progress)
+    runs = dict(runs) if runs is not None else cv_runs(config, losses, runs_root, progress=progress)
     deep = out_of_fold_predictions(runs)
     volumes = region_volumes(list(frame["labels"]), frame["subject_id"])
     indexed = frame.set_index("subject_id")
