@@ -15,6 +15,7 @@ from brainage_core.analysis.crossval import (
     baseline_cv_predictions,
     corrected_out_of_fold,
     cross_validate,
+    cv_learning_curve,
     cv_runs,
     cv_summary,
     gap_age_correlation,
@@ -24,6 +25,7 @@ from brainage_core.analysis.crossval import (
 from brainage_core.config import RunConfig, load_config
 from brainage_core.data import DataConfig
 from brainage_core.engine import Trainer
+from brainage_core.rundir import read_config
 from tests.conftest import write_nifti, write_tiny_cohort
 
 
@@ -191,3 +193,25 @@ def test_cross_validation_never_trains_or_selects_on_its_test_fold(
         honest.loc[in_fold0, "predicted_age"].to_numpy()
     )
     assert not np.allclose(scrambled.loc[~in_fold0, "predicted_age"], honest.loc[~in_fold0, "predicted_age"])
+
+
+def test_the_learning_curve_trains_each_fold_on_fewer_subjects_with_the_full_steps(tmp_path: Path) -> None:
+    manifest = with_region_labels(write_tiny_cohort(tmp_path / "cohort", n_subjects=30))
+    config = tiny_config(manifest, tmp_path)
+    curve = cv_learning_curve(config, ["mse"], [5], tmp_path / "curve", n_boot=50)
+    points = curve.set_index(["method", "n_train"])
+    assert sorted(points.index) == [("mse", 5), ("mse", 10), ("ridge_regions", 5), ("ridge_regions", 20)]
+    assert (curve["mae_low"] <= curve["mae"]).all() and (curve["mae"] <= curve["mae_high"]).all()
+    sized = read_config(tmp_path / "curve" / "n5" / "mse_fold1")
+    assert sized.data.train_subjects == 5 and sized.train.epoch_size == 10, "5 subjects, the full set's steps"
+    assert sized.data.test_fold == 1
+    predictions = pd.read_csv(tmp_path / "curve" / "n5" / "mse_fold1" / "predictions.csv")
+    assert (predictions.loc[predictions["split"] == "val", "subject_id"].str[-3:].astype(int) % 3 == 2).all()
+
+    ages = pd.read_csv(manifest).set_index("subject_id")["age"]
+    folds = pd.read_csv(manifest).set_index("subject_id")["fold"]
+    features = pd.DataFrame({"signal": ages + np.linspace(-3, 3, len(ages))}, index=ages.index)
+    few = baseline_cv_predictions(features, ages, folds, train_subjects=4)
+    everyone = baseline_cv_predictions(features, ages, folds)
+    assert sorted(few["subject_id"]) == sorted(everyone["subject_id"])
+    assert not np.allclose(few["predicted_age"], everyone["predicted_age"]), "fitted on 4 subjects, not 20"

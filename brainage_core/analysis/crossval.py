@@ -34,6 +34,7 @@ from brainage_core.analysis.metrics import (
     metrics_with_ci,
 )
 from brainage_core.config import RunConfig
+from brainage_core.data import assign_splits, training_subset
 from brainage_core.fileio import atomic_path
 from brainage_core.manifest import read_manifest
 from brainage_core.rundir import read_predictions
@@ -44,6 +45,7 @@ __all__ = [
     "baseline_cv_predictions",
     "corrected_out_of_fold",
     "cross_validate",
+    "cv_learning_curve",
     "cv_runs",
     "cv_summary",
     "gap_age_correlation",
@@ -184,7 +186,9 @@ def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: S
     return pd.DataFrame.from_dict(rows, orient="index").fillna(0.0).sort_index(axis=1).rename_axis("subject_id")
 
 
-def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.Series) -> pd.DataFrame:
+def baseline_cv_predictions(
+    features: pd.DataFrame, ages: pd.Series, folds: pd.Series, train_subjects: int | None = None
+) -> pd.DataFrame:
     """Out-of-fold predictions of ridge regression on ``features`` and of the mean predictor.
 
     Ridge: standardised features, penalty chosen by leave-one-out inside the training folds
@@ -193,6 +197,8 @@ def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.S
     Args:
         features: one row per subject (index subject_id).
         ages, folds: aligned with ``features``' index.
+        train_subjects: fit on this many of the non-test subjects, spread over their ages
+            (:func:`~brainage_core.data.training_subset`); ``None``: all.
 
     Returns:
         Columns ``method`` (``ridge_regions``, ``mean``), ``fold``, ``subject_id``, ``age``, ``predicted_age``.
@@ -200,6 +206,10 @@ def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.S
     parts = []
     for fold in sorted(folds.unique()):
         test, train = (folds == fold).to_numpy(), (folds != fold).to_numpy()
+        if train_subjects is not None:
+            positions = np.flatnonzero(train)
+            train = np.zeros_like(train)
+            train[positions[training_subset(ages.to_numpy()[positions], train_subjects)]] = True
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29))).fit(
             features[train], ages[train]
         )
@@ -219,6 +229,76 @@ def baseline_cv_predictions(features: pd.DataFrame, ages: pd.Series, folds: pd.S
                 )
             )
     return pd.concat(parts, ignore_index=True)
+
+
+def cv_learning_curve(
+    config: RunConfig,
+    losses: Sequence[str],
+    sizes: Sequence[int],
+    runs_root: str | os.PathLike[str],
+    n_boot: int = N_BOOT,
+    progress: bool = False,
+    full_runs: Mapping[tuple[str, int], Path] | None = None,
+) -> pd.DataFrame:
+    """Out-of-fold MAE against the number of training subjects: the deep methods and ridge on region volumes.
+
+    For each size ``n`` below the smallest training set of a fold, every fold run trains on ``n``
+    of its training subjects spread over their ages (``data.train_subjects``) and selects its
+    epoch on its full validation fold; the schedule is step-matched (``train.epoch_size``: an
+    epoch cycles the ``n`` subjects up to the smallest full training set), so a small set gets the
+    steps of the full one. Ridge is fitted on ``n`` of its non-test subjects the same way. The
+    points with every training subject (deep: three folds; ridge: four) are added.
+
+    Args:
+        config: the run settings (``data.manifest`` with ``fold`` and ``labels`` columns).
+        losses: deep methods ([] for ridge alone).
+        sizes: numbers of training subjects.
+        runs_root: runs go to ``runs_root/n<size>/<loss>_fold<k>``.
+        n_boot: bootstrap resamples for the 95 % intervals (over subjects).
+        progress: progress bars.
+        full_runs: the full-size runs of every deep method to show (e.g. ``CrossValidation.runs``,
+            whose methods may be more than ``losses``); ``None``: :func:`cv_runs` of ``losses``
+            with ``config`` into ``runs_root/all`` (reused when they exist).
+
+    Returns:
+        One row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``, ``mae_high``.
+    """
+    frame = read_manifest(config.data.manifest, check_images="none")
+    in_groups = frame["group"].isin(list(config.data.train_groups))
+    folds = sorted(int(fold) for fold in frame["fold"].unique())
+    n_deep = min(int(((assign_splits(frame, fold) == "train") & in_groups).sum()) for fold in folds)
+    n_ridge = min(int(((frame["fold"] != fold) & in_groups).sum()) for fold in folds)
+    volumes = region_volumes(list(frame["labels"]), frame["subject_id"])
+    indexed = frame.set_index("subject_id").loc[volumes.index]
+    parts = []
+    for size in sorted({int(size) for size in sizes if int(size) < n_ridge} | {n_ridge}):
+        ridge = baseline_cv_predictions(
+            volumes, indexed["age"], indexed["fold"], train_subjects=size if size < n_ridge else None
+        )
+        parts.append(ridge[ridge["method"] == "ridge_regions"].assign(n_train=size))
+    for size in sorted({int(size) for size in sizes if int(size) < n_deep} | {n_deep}):
+        sized = copy.deepcopy(config)
+        if size < n_deep:
+            sized.data.train_subjects, sized.train.epoch_size = size, n_deep
+        if size == n_deep and full_runs is not None:
+            runs = dict(full_runs)
+        else:
+            runs = cv_runs(sized, losses, Path(runs_root) / (f"n{size}" if size < n_deep else "all"), progress)
+        if runs:
+            parts.append(out_of_fold_predictions(runs).assign(n_train=size))
+    rows = []
+    for (method, size), group in pd.concat(parts, ignore_index=True).groupby(["method", "n_train"]):
+        result = metrics_with_ci(group["age"], group["predicted_age"], n_boot=n_boot, metrics=("mae",))["mae"]
+        rows.append(
+            {
+                "method": method,
+                "n_train": size,
+                "mae": result["value"],
+                "mae_low": result["ci_low"],
+                "mae_high": result["ci_high"],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def cv_summary(predictions: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
