@@ -261,14 +261,20 @@ def read_release(path: str | os.PathLike[str]) -> Release:
     Raises:
         FileNotFoundError: no ``release.json`` (not a release, or an interrupted build) or a
             member's files are missing.
+        ValueError: ``release.json`` is not a release record.
     """
     folder = Path(path)
     if not is_release(folder):
         raise FileNotFoundError(
             f"{folder}: no {RELEASE_FILE}; build the release with brainage_core.release.build_release"
         )
-    record = json.loads((folder / RELEASE_FILE).read_text())
-    members = {int(fold): folder / member for fold, member in record["members"].items()}
+    try:
+        record = json.loads((folder / RELEASE_FILE).read_text())
+        members = {int(fold): folder / member for fold, member in record["members"].items()}
+    except (json.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{folder / RELEASE_FILE} is not a readable release record ({error}); rebuild the release"
+        ) from None
     for member in members.values():
         missing = [name for name in MEMBER_FILES if not (member / name).is_file()]
         if missing:

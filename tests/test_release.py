@@ -113,3 +113,10 @@ def test_bad_release_inputs_are_clear_errors(
     assert not (planted / RELEASE_FILE).exists(), "nothing written"
     with pytest.raises(FileNotFoundError, match="no release.json"):
         read_release(tmp_path / "d")
+    broken = tmp_path / "e"
+    broken.mkdir()
+    (broken / RELEASE_FILE).write_text("{not json")
+    predictions = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(broken), "--manifest", str(fold_runs[1]), "--out", str(predictions)]) == 2
+    assert "release.json is not a readable release record" in capsys.readouterr().err
+    assert not predictions.exists()
