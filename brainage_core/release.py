@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from brainage_core.analysis.metrics import BIAS_CORRECTION, HEALTHY_GROUP, BiasCorrection, fit_bias_correction
+from brainage_core.analysis.metrics import (
+    BIAS_CORRECTION,
+    HEALTHY_GROUP,
+    BiasCorrection,
+    fit_bias_correction,
+    healthy_test_rows,
+)
 from brainage_core.fileio import atomic_path, write_json
 from brainage_core.ownership import claim, clear_owned_folder
 from brainage_core.rundir import read_config, read_predictions
@@ -173,8 +179,7 @@ def _out_of_fold_controls(runs: Mapping[int, Path]) -> pd.DataFrame:
     """The healthy test-split rows of each fold run, stacked (one row per subject)."""
     parts = []
     for fold, run_dir in sorted(runs.items()):
-        predictions = read_predictions(run_dir)
-        test = predictions[(predictions["split"] == "test") & (predictions["group"] == HEALTHY_GROUP)]
+        test = healthy_test_rows(read_predictions(run_dir))
         parts.append(test.assign(fold=fold)[["fold", "subject_id", "age", "predicted_age"]])
     table = pd.concat(parts, ignore_index=True)
     repeated = table.loc[table.duplicated("subject_id"), "subject_id"].tolist()

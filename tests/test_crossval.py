@@ -22,6 +22,7 @@ from brainage_core.analysis.crossval import (
     out_of_fold_predictions,
     region_volumes,
 )
+from brainage_core.analysis.method_tests import describe_differences
 from brainage_core.config import RunConfig, load_config
 from brainage_core.data import DataConfig
 from brainage_core.engine import Trainer
@@ -124,7 +125,9 @@ def test_cross_validate_compares_every_method_on_the_same_folds_and_writes_the_t
     differences = cv.differences("ridge_regions", n_boot=200).set_index("method")
     assert differences.loc["mean", "difference"] == pytest.approx(cv.mae("mean") - cv.mae("ridge_regions"))
     assert differences.loc["mean", "difference_low"] > 0, "paired by subject: the mean predictor is clearly worse"
-    verdicts = cv.verdicts("ridge_regions", {"ridge_regions": "ridge", "mse": "MSE"}, n_boot=200)
+    verdicts = describe_differences(
+        cv.differences("ridge_regions", n_boot=200), "ridge_regions", {"ridge_regions": "ridge", "mse": "MSE"}
+    )
     assert set(verdicts) == {"mse", "mean"} and "Holm-corrected p" in verdicts["mse"]
 
     corrected = corrected_out_of_fold(cv.runs)

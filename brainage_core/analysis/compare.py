@@ -18,7 +18,12 @@ from scipy import stats
 from scipy.spatial.distance import pdist
 from sklearn.decomposition import PCA
 
-from brainage_core.analysis.metrics import mae_by_age_band, prediction_consistency, regression_metrics
+from brainage_core.analysis.metrics import (
+    healthy_test_rows,
+    mae_by_age_band,
+    prediction_consistency,
+    regression_metrics,
+)
 from brainage_core.data import VolumeDataset, load_manifest_volumes
 from brainage_core.fileio import atomic_path
 from brainage_core.inference import extract_features, predict_ages
@@ -32,7 +37,6 @@ __all__ = [
     "collect_runs",
     "errors_by_age_band",
     "feature_continuity",
-    "healthy_test_rows",
     "learning_curve_values",
     "mean_predictor_verdict",
     "probe_errors",
@@ -47,11 +51,6 @@ __all__ = [
     "verdict_values",
     "write_tables",
 ]
-
-
-def healthy_test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Rows of healthy controls in the test split."""
-    return predictions[(predictions["group"] == "CN") & (predictions["split"] == "test")]
 
 
 def collect_runs(run_dirs: Mapping[tuple[str, int], str | os.PathLike[str]]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -230,11 +229,10 @@ def verdict_values(
         the test MAE over each method's runs) and ``verdict_<method>`` for each compared method
         (``+`` in a name becomes ``_``).
     """
-    from brainage_core.analysis.method_tests import describe_difference
+    from brainage_core.analysis.method_tests import describe_differences
 
     indexed = table.set_index("method")
-    compared = [method for method in table["method"] if method != reference]
-    sentences = {method: describe_difference(table, reference, method, dict(names or {})) for method in compared}
+    sentences = describe_differences(table, reference, dict(names or {}))
     return {
         "reference_mae": float(indexed.loc[reference, "mae"]),
         "n_seeds": int(runs.groupby("method").size().max()),

@@ -25,12 +25,12 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from brainage_core.analysis.method_tests import describe_difference, method_differences
+from brainage_core.analysis.method_tests import method_differences
 from brainage_core.analysis.metrics import (
     BIAS_CORRECTION,
-    HEALTHY_GROUP,
     N_BOOT,
     corrected_predictions,
+    healthy_test_rows,
     metrics_with_ci,
 )
 from brainage_core.config import RunConfig
@@ -137,7 +137,7 @@ def corrected_out_of_fold(
             corrected = predictions.assign(
                 gap=predictions["predicted_age"] - predictions["age"], gap_corrected=math.nan
             )
-        test = corrected[(corrected["split"] == "test") & (corrected["group"] == HEALTHY_GROUP)]
+        test = healthy_test_rows(corrected)
         parts.append(
             test.assign(method=name, fold=fold)[["method", "fold", "subject_id", "age", "gap", "gap_corrected"]]
         )
@@ -239,6 +239,7 @@ def cv_learning_curve(
     n_boot: int = N_BOOT,
     progress: bool = False,
     full_runs: Mapping[tuple[str, int], Path] | None = None,
+    volumes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Out-of-fold MAE against the number of training subjects: the deep methods and ridge on region volumes.
 
@@ -259,6 +260,8 @@ def cv_learning_curve(
         full_runs: the full-size runs of every deep method to show (e.g. ``CrossValidation.runs``,
             whose methods may be more than ``losses``); ``None``: :func:`cv_runs` of ``losses``
             with ``config`` into ``runs_root/all`` (reused when they exist).
+        volumes: the subjects' region volumes (``CrossValidation.volumes``); ``None``: read from
+            the label images (:func:`region_volumes`).
 
     Returns:
         One row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``, ``mae_high``.
@@ -268,7 +271,8 @@ def cv_learning_curve(
     folds = sorted(int(fold) for fold in frame["fold"].unique())
     n_deep = min(int(((assign_splits(frame, fold) == "train") & in_groups).sum()) for fold in folds)
     n_ridge = min(int(((frame["fold"] != fold) & in_groups).sum()) for fold in folds)
-    volumes = region_volumes(list(frame["labels"]), frame["subject_id"])
+    if volumes is None:
+        volumes = region_volumes(list(frame["labels"]), frame["subject_id"])
     indexed = frame.set_index("subject_id").loc[volumes.index]
     parts = []
     for size in sorted({int(size) for size in sizes if int(size) < n_ridge} | {n_ridge}):
@@ -330,11 +334,13 @@ class CrossValidation:
         predictions: out-of-fold predictions of every method (columns ``method``, ``fold``,
             ``subject_id``, ``age``, ``predicted_age``).
         table: :func:`cv_summary` of ``predictions``, lowest MAE first.
+        volumes: the region volumes the ridge baseline was fitted on (:func:`region_volumes`).
     """
 
     runs: dict[tuple[str, int], Path]
     predictions: pd.DataFrame
     table: pd.DataFrame
+    volumes: pd.DataFrame
 
     @property
     def best_method(self) -> str:
@@ -361,15 +367,6 @@ class CrossValidation:
             seed=0, abs_error=(self.predictions["predicted_age"] - self.predictions["age"]).abs()
         )
         return method_differences(errors, reference, n_boot=n_boot)
-
-    def verdicts(self, reference: str, names: Mapping[str, str], n_boot: int = N_BOOT) -> dict[str, str]:
-        """One sentence per compared method on ``reference`` vs it (says "not significant" when it is not)."""
-        table = self.differences(reference, n_boot)
-        return {
-            method: describe_difference(table, reference, method, dict(names))
-            for method in table["method"]
-            if method != reference
-        }
 
 
 def cross_validate(
@@ -423,4 +420,4 @@ def cross_validate(
     for name, written in (("cv_table.csv", table), ("cv_predictions.csv", predictions)):
         with atomic_path(out / name, suffix=".csv") as temp:
             written.to_csv(temp, index=False)
-    return CrossValidation(runs=runs, predictions=predictions, table=table)
+    return CrossValidation(runs=runs, predictions=predictions, table=table, volumes=volumes)

@@ -12,7 +12,7 @@ Baselines without seeds (ridge, the mean predictor) are methods with one run.
 :func:`method_differences` gives every method's MAE and the difference to a reference with
 percentile intervals and two-sided bootstrap p-values, Holm-corrected over all comparisons
 (:func:`statsmodels.stats.multitest.multipletests`); :func:`describe_difference` turns one row
-into the sentence the book prints.
+into the sentence the book prints (:func:`describe_differences`: every row).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from statsmodels.stats.multitest import multipletests
 
 from brainage_core.analysis.metrics import N_BOOT
 
-__all__ = ["describe_difference", "error_matrices", "method_differences"]
+__all__ = ["describe_difference", "describe_differences", "error_matrices", "method_differences"]
 
 ALPHA = 0.05
 
@@ -153,3 +153,12 @@ def describe_difference(table: pd.DataFrame, reference: str, method: str, names:
         f"{table.set_index('method').loc[reference, 'mae']:.2f} y for {other_name} vs {ref_name}; {interval}; "
         f"{tested}): {verdict}."
     )
+
+
+def describe_differences(table: pd.DataFrame, reference: str, names: dict[str, str] | None = None) -> dict[str, str]:
+    """:func:`describe_difference` for every method of ``table`` but ``reference``, in table order."""
+    return {
+        method: describe_difference(table, reference, method, names)
+        for method in table["method"]
+        if method != reference
+    }

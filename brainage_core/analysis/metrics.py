@@ -42,6 +42,7 @@ __all__ = [
     "controls_from_manifest",
     "corrected_predictions",
     "fit_bias_correction",
+    "healthy_test_rows",
     "mae_by_age_band",
     "metrics_with_ci",
     "prediction_consistency",
@@ -263,6 +264,11 @@ def select_correction_subjects(
     """Boolean mask of the rows a bias correction is fitted on: ``group`` in ``groups`` and ``split``."""
     _require_columns(predictions, ("group", "split"), "predictions")
     return predictions["group"].isin(list(groups)) & (predictions["split"] == split)
+
+
+def healthy_test_rows(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Rows of healthy controls in the test split."""
+    return predictions[(predictions["group"] == HEALTHY_GROUP) & (predictions["split"] == "test")]
 
 
 def controls_from_manifest(predictions: pd.DataFrame, manifest: str | os.PathLike[str]) -> pd.Series:
