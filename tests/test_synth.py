@@ -17,6 +17,9 @@ import pytest
 from brainage_core.analysis.baseline import baseline_age_prediction
 from brainage_core.cohorts import synthetic as synth
 from brainage_core.cohorts.synthetic import SubjectParams, SynthConfig, assign_cohort_splits, sample_subjects
+from brainage_core.cohorts.synthetic.model import FIELD_GRID_MM
+from brainage_core.cohorts.synthetic.params import AGING_PROCESSES
+from brainage_core.cohorts.synthetic.subjects import AD_COMPONENTS, ANATOMY_TRAITS
 from brainage_core.config_loader import ConfigError
 from brainage_core.manifest import read_manifest, validate_manifest
 
@@ -41,7 +44,7 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _subject(model: synth.SynthModel, **changes: object) -> SubjectParams:
-    """A controlled subject: template-sized head, no pose change, median WMH."""
+    """A controlled subject: template-sized head, no pose change, median WMH, average anatomy and rates."""
     base = sample_subjects(1, 0, model.config)[0]
     fixed = dict(
         group="CN",
@@ -56,6 +59,9 @@ def _subject(model: synth.SynthModel, **changes: object) -> SubjectParams:
         site_gain=1.0,
         site_contrast=0.0,
         site_noise=1.0,
+        anatomy_z=dict.fromkeys(ANATOMY_TRAITS, 0.0),
+        rate_z=dict.fromkeys(AGING_PROCESSES, 0.0),
+        pattern_z=dict.fromkeys(AD_COMPONENTS, 0.0),
     )
     return dataclasses.replace(base, **{**fixed, **changes})
 
@@ -329,6 +335,9 @@ def test_age_derivative_is_exact_where_the_image_is_linear_in_age() -> None:
         ventricle_growth_per_year=0.0,
         ventricle_growth_quadratic=0.0,
         wmh_growth_per_year=0.0,
+        hippocampal_loss_per_year=0.0,
+        hippocampal_loss_quadratic=0.0,
+        temporal_loss_quadratic=0.0,
     )
     still = synth.prepare_model(SPACING, dataclasses.replace(synth.SynthConfig(), aging=aging))
     subject = _subject(still, age=70.0)
@@ -405,3 +414,67 @@ def test_a_relative_output_folder_keeps_every_file(tmp_path: Path, monkeypatch: 
     manifest = synth.generate_cohort("../cohort", 4, seed=1, spacing=4.0, progress=False, workers=1)
     assert validate_manifest(manifest) == []
     assert len(list((tmp_path / "cohort" / "images").iterdir())) == 4
+
+
+def test_hippocampus_ages_on_its_own_curve(model: synth.SynthModel) -> None:
+    """Slow before 60, about 1 %/y of the remaining volume late in life (fraser2015hippocampal)."""
+
+    def remaining(age: float) -> float:
+        return 1.0 - synth.aging_targets(_subject(model, age=age), model.config)["hippocampal_loss"]
+
+    def percent_per_year(age: float) -> float:
+        return 100.0 * (remaining(age - 0.5) - remaining(age + 0.5)) / remaining(age)
+
+    assert percent_per_year(45.0) < 0.3
+    assert 0.6 < percent_per_year(75.0) < 1.5 and percent_per_year(80.0) > percent_per_year(70.0)
+    # The medial temporal lobe does not follow the cortex: switching cortical aging off leaves it.
+    still_cortex = dataclasses.replace(model.config.aging, gm_loss_per_year=0.0, gm_loss_acceleration=0.0)
+    other = synth.prepare_model(SPACING, dataclasses.replace(model.config, aging=still_cortex))
+    old = {
+        name: _volumes(m, _subject(m, age=80.0))["hippocampal_gm"] for name, m in (("all", model), ("no cortex", other))
+    }
+    assert old["no cortex"] == pytest.approx(old["all"], rel=0.03)
+
+
+def test_individual_anatomy_and_rates_change_one_subject(model: synth.SynthModel) -> None:
+    """Age-independent anatomy and subject-specific rates: same age, different brains."""
+    base = _subject(model, age=70.0)
+    average = _volumes(model, base)
+    big_ventricles = _volumes(model, dataclasses.replace(base, anatomy_z={**base.anatomy_z, "ventricles": 1.0}))
+    ratio = big_ventricles["csf_ventricular"] / average["csf_ventricular"]
+    assert ratio == pytest.approx(np.exp(model.config.anatomy.ventricle_log_sd), rel=0.1)
+    fast_hippocampus = _volumes(model, dataclasses.replace(base, rate_z={**base.rate_z, "hippocampus": 2.0}))
+    assert fast_hippocampus["hippocampal_gm"] < 0.95 * average["hippocampal_gm"]
+    assert fast_hippocampus["csf_sulcal"] == pytest.approx(average["csf_sulcal"], rel=0.01)  # other processes kept
+    thin_cortex = _volumes(model, dataclasses.replace(base, anatomy_z={**base.anatomy_z, "cortex": 2.0}))
+    assert thin_cortex["gm"] < 0.97 * average["gm"] and thin_cortex["csf_sulcal"] > average["csf_sulcal"]
+    rates = np.array([[s.rate_z[p] for p in AGING_PROCESSES] for s in sample_subjects(400, 0, model.config)])
+    correlation = np.corrcoef(rates.T)[np.triu_indices(len(AGING_PROCESSES), 1)]
+    assert abs(correlation.mean() - model.config.aging.rate_correlation) < 0.1  # one shared factor
+
+
+def test_the_shape_deformation_is_a_diffeomorphism(model: synth.SynthModel) -> None:
+    """Scaling and squaring keeps the Jacobian determinant positive (no folding) everywhere."""
+    strong = dataclasses.replace(model.config.anatomy, deformation_coarse_sd_mm=10.0, deformation_sd_mm=5.0)
+    folded = synth.prepare_model(SPACING, dataclasses.replace(model.config, anatomy=strong))
+    for seed in range(3):
+        displacement = synth.diffeomorphic_displacement(np.random.default_rng(seed), folded)  # output voxels
+        gradients = np.stack([np.stack(np.gradient(component)) for component in displacement])  # (3, 3, ...)
+        jacobian = np.moveaxis(gradients * (SPACING / FIELD_GRID_MM), (0, 1), (-2, -1)) + np.eye(3)
+        assert np.linalg.det(jacobian).min() > 0
+        assert np.abs(displacement).max() * SPACING > 5.0  # large, yet invertible
+
+
+def test_parkinson_shrinks_the_putamen_without_making_csf(model: synth.SynthModel) -> None:
+    control = synth.synthesize_subject(model, _subject(model))
+    patient = synth.synthesize_subject(
+        model, _subject(model, group="PD", cdr=float("nan"), severity=2.0, updrs3=60.0, hoehn_yahr=3.0)
+    )
+    to_index = np.linalg.inv(model.affine)  # the control has no pose change: MNI mm -> voxel
+    centre = np.rint(to_index[:3, :3] @ np.array(synth.REGIONS["putamen"][0]) + to_index[:3, 3]).astype(int)
+    region = np.zeros(model.shape, bool)
+    region[tuple(slice(c - 2, c + 3) for c in centre)] = True  # a 15-mm cube in the right putamen
+    lost_gm = (control.tissues["gm"] - patient.tissues["gm"])[region].sum()
+    gained_wm = (patient.tissues["wm"] - control.tissues["wm"])[region].sum()
+    gained_sulcal = (patient.tissues["csf_sulcal"] - control.tissues["csf_sulcal"])[region].sum()
+    assert lost_gm > 0.5 and gained_wm == pytest.approx(lost_gm, rel=0.05) and abs(gained_sulcal) < 0.05 * lost_gm

@@ -16,9 +16,8 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from sklearn.linear_model import RidgeCV
@@ -33,6 +32,7 @@ from brainage_core.analysis.metrics import (
     healthy_test_rows,
     metrics_with_ci,
 )
+from brainage_core.cohorts.calibration import region_volumes
 from brainage_core.config import RunConfig
 from brainage_core.data import assign_splits, training_subset
 from brainage_core.fileio import atomic_path
@@ -168,22 +168,6 @@ def gap_age_correlation(corrected: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: Sequence[str]) -> pd.DataFrame:
-    """Volume in ml of every integer label (0 excluded) of each label image.
-
-    Returns:
-        One row per subject (index ``subject_id``), one column per label; absent labels are 0.
-    """
-    rows = {}
-    for subject, path in zip(subject_ids, label_paths):
-        image = cast(nib.Nifti1Image, nib.load(path))
-        labels = np.asarray(image.dataobj).astype(np.int64).ravel()
-        counts = np.bincount(labels[labels > 0])
-        voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
-        rows[subject] = {int(label): count * voxel_ml for label, count in enumerate(counts) if count}
-    return pd.DataFrame.from_dict(rows, orient="index").fillna(0.0).sort_index(axis=1).rename_axis("subject_id")
 
 
 def baseline_cv_predictions(

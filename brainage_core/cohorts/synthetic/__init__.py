@@ -27,7 +27,13 @@ from brainage_core.cohorts.synthetic.images import (
     synthesize_subject,
     tissue_volumes,
 )
-from brainage_core.cohorts.synthetic.model import REGIONS, SynthModel, aging_targets, prepare_model
+from brainage_core.cohorts.synthetic.model import (
+    REGIONS,
+    SynthModel,
+    aging_targets,
+    diffeomorphic_displacement,
+    prepare_model,
+)
 from brainage_core.cohorts.synthetic.params import (
     AGE_LIMITS,
     SPLITS,
@@ -72,6 +78,7 @@ __all__ = [
     "aging_targets",
     "assign_cohort_splits",
     "cohort_subjects",
+    "diffeomorphic_displacement",
     "generate_cohort",
     "image_tissue_volumes",
     "load_template",

@@ -174,6 +174,14 @@ class SynthConfig:
         need("aging.wmh_growth_per_year", a.wmh_growth_per_year, 0.0, 0.5)
         need("aging.wmh_log_sd", a.wmh_log_sd, 0.0, 3.0)
         need("aging.contrast_loss_per_year", a.contrast_loss_per_year, 0.0, 0.005)
+        need("aging.hippocampal_loss_per_year", a.hippocampal_loss_per_year, 0.0, 0.02)
+        need("aging.hippocampal_loss_quadratic", a.hippocampal_loss_quadratic, 0.0, 0.002)
+        need("aging.hippocampal_acceleration_age", a.hippocampal_acceleration_age, *AGE_LIMITS)
+        need("aging.temporal_loss_quadratic", a.temporal_loss_quadratic, 0.0, 0.001)
+        need("aging.temporal_acceleration_age", a.temporal_acceleration_age, *AGE_LIMITS)
+        need("aging.rate_sd", a.rate_sd, 0.0, 1.0)
+        need("aging.ventricle_rate_sd", a.ventricle_rate_sd, 0.0, 2.0)
+        need("aging.rate_correlation", a.rate_correlation, 0.0, 1.0)
 
         s = self.scores
         for name in ("cn_mmse_mean", "pd_mmse_mean"):
@@ -213,6 +221,8 @@ class SynthConfig:
                     "head_scale_sex_difference": (0.0, 0.2),
                     "deformation_sd_mm": (0.0, 6.0),
                     "deformation_spacing_mm": (8.0, 200.0),
+                    "deformation_coarse_sd_mm": (0.0, 12.0),
+                    "deformation_coarse_spacing_mm": (8.0, 300.0),
                     "rotation_max_deg": (0.0, 15.0),
                     "translation_max_mm": (0.0, 15.0),
                 },

@@ -1,7 +1,7 @@
 """One synthetic subject's images, and tissue volumes measured on maps or on a T1.
 
 :func:`synthesize_subject` ages the template tissue maps (:func:`~brainage_core.cohorts.synthetic.model.age_tissues`)
-and adds the **individual variation**: head size (sex-dependent), a smooth random deformation,
+and adds the **individual variation**: head size (sex-dependent), a random diffeomorphic deformation,
 rotation and translation, the ventricle expansion, a multiplicative bias field, per-site
 gain/contrast/noise and Rician noise; the GM/WM intensity contrast falls with age.
 
@@ -26,7 +26,14 @@ from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
 from brainage_core.cohorts.synthetic.config import SynthConfig
-from brainage_core.cohorts.synthetic.model import SynthModel, age_tissues, aging_targets, field_at, smooth_field
+from brainage_core.cohorts.synthetic.model import (
+    SynthModel,
+    age_tissues,
+    aging_targets,
+    diffeomorphic_displacement,
+    field_at,
+    smooth_field,
+)
 from brainage_core.cohorts.synthetic.subjects import SubjectParams
 
 __all__ = ["SubjectImages", "age_derivative", "image_tissue_volumes", "synthesize_subject", "tissue_volumes"]
@@ -58,7 +65,7 @@ def synthesize_subject(model: SynthModel, subject: SubjectParams) -> SubjectImag
     Deterministic: all randomness comes from ``subject.seed`` (and the scalars already in
     ``subject``), so the result does not depend on the process or the order of subjects.
     """
-    config, spacing = model.config, model.spacing
+    config = model.config
     rng = np.random.default_rng(subject.seed)
     targets = aging_targets(subject, config)
     tissues = age_tissues(model, subject, targets, rng)
@@ -76,11 +83,8 @@ def synthesize_subject(model: SynthModel, subject: SubjectParams) -> SubjectImag
     affine_part = index_map[:3, :3].astype(np.float32) @ grid + offset
     selected = np.flatnonzero(ndi.map_coordinates(model.maps["selectable"], affine_part, order=0, cval=0))
     points = grid[:, selected]
-    deformation = smooth_field(rng, model, config.anatomy.deformation_spacing_mm, 3)
-    shape_change = np.stack([field_at(d, points, model) for d in deformation]) * (
-        config.anatomy.deformation_sd_mm / spacing
-    )
-    source = affine_part[:, selected] + shape_change
+    deformation = diffeomorphic_displacement(rng, model)
+    source = affine_part[:, selected] + np.stack([field_at(d, points, model) for d in deformation])
 
     # Compose with the ventricle expansion (blend of the two nearest precomputed levels).
     level = float(np.interp(targets["ventricle_ratio"], model.ventricle_ratios, np.arange(model.ventricle_ratios.size)))

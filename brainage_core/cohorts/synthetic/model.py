@@ -6,14 +6,23 @@ inverted response tables, ventricle fields). :func:`aging_targets` turns a subje
 age and disease into volume changes, and :func:`age_tissues` builds them into the template's
 tissue maps:
 
-1. **Aging** driven by the latent biological age (chronological age + gap): the GM/WM boundary
-   moves into the cortex until midlife (WM gain), the cortex erodes from the pial side
-   (GM becomes sulcal CSF, stronger frontally), the ventricles expand (through the smooth
-   diffeomorphic displacement fields applied in :mod:`brainage_core.cohorts.synthetic.images`),
-   and periventricular WM turns into T1-hypointense WMH.
-2. **Disease**: AD removes medial temporal GM (becoming ventricular CSF, the temporal horn) and
-   temporoparietal cortex, and enlarges the ventricles, scaled by CDR; PD removes putamen,
-   caudate and frontal GM, scaled by UPDRS-III. Regions are MNI ellipsoids (:data:`REGIONS`).
+1. **Aging** driven by the latent biological age (chronological age + gap), as several partly
+   independent processes (:data:`~brainage_core.cohorts.synthetic.params.AGING_PROCESSES`), each
+   at the subject's own rate around its population trajectory: the GM/WM boundary moves into
+   the cortex until midlife and back later (WM), the cortex erodes from the pial side (GM
+   becomes sulcal CSF; a frontal and a late temporal component of their own), the hippocampus
+   loses GM to the temporal horn (slow before 60, faster after 70), the ventricles expand
+   (through the smooth diffeomorphic displacement fields applied in
+   :mod:`brainage_core.cohorts.synthetic.images`), and periventricular WM turns into
+   T1-hypointense WMH. The latent biological age is what the processes share, not one knob.
+2. **Individual anatomy** that does not depend on age: ventricle size, cortical GM (thickness)
+   and WM volume of the subject (plus head size and shape, applied in ``images``).
+3. **Disease**: AD removes medial temporal GM (hippocampus, amygdala, entorhinal; becoming
+   ventricular CSF, the temporal horn) and temporo-parietal and precuneus cortex with
+   subject-specific weights, and enlarges the ventricles, scaled by CDR; PD shrinks the putamen
+   (capsule WM takes its place) and caudate (the ventricle takes its place), thins frontal
+   cortex and enlarges the ventricles a little, scaled by UPDRS-III. Regions are MNI
+   ellipsoids (:data:`REGIONS`) in template space, warped with each subject's shape.
 """
 
 from __future__ import annotations
@@ -30,7 +39,16 @@ from brainage_core.cohorts.synthetic.config import SynthConfig
 from brainage_core.cohorts.synthetic.subjects import SubjectParams
 from brainage_core.cohorts.synthetic.tissue_template import load_template, ventricle_levels
 
-__all__ = ["REGIONS", "SynthModel", "age_tissues", "aging_targets", "field_at", "prepare_model", "smooth_field"]
+__all__ = [
+    "REGIONS",
+    "SynthModel",
+    "age_tissues",
+    "aging_targets",
+    "diffeomorphic_displacement",
+    "field_at",
+    "prepare_model",
+    "smooth_field",
+]
 
 WMH_DECAY_MM = 10.0  # WMH propensity falls as exp(-distance to ventricles / this)
 FIELD_GRID_MM = 8.0  # random smooth fields are interpolated on this grid, then linearly
@@ -41,8 +59,10 @@ FIELD_GRID_MM = 8.0  # random smooth fields are interpolated on this grid, then 
 REGIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], bool]] = {
     "hippocampus": ((27.0, -23.0, -12.0), (6.0, 16.0, 9.0), True),
     "amygdala": ((23.0, -5.0, -19.0), (7.0, 7.0, 7.0), True),
+    "entorhinal": ((24.0, -8.0, -30.0), (6.0, 9.0, 6.0), True),
     "temporal": ((48.0, -25.0, -12.0), (16.0, 30.0, 16.0), True),
     "parietal": ((38.0, -62.0, 42.0), (22.0, 22.0, 18.0), True),
+    "precuneus": ((8.0, -60.0, 40.0), (8.0, 16.0, 14.0), True),
     "putamen": ((25.0, 2.0, 1.0), (6.0, 14.0, 9.0), True),
     "caudate": ((13.0, 12.0, 10.0), (5.0, 9.0, 8.0), True),
     "frontal": ((0.0, 35.0, 25.0), (65.0, 45.0, 45.0), False),
@@ -143,7 +163,7 @@ def prepare_model(spacing: float = 2.0, config: SynthConfig | None = None) -> Sy
     config = config or SynthConfig()
     config.validate()
     template = load_template(spacing)
-    margin = math.ceil((4.0 * config.anatomy.deformation_sd_mm + 2.0 * spacing) / spacing)
+    margin = math.ceil((3.0 * _deformation_sd_mm(config) + 2.0 * spacing) / spacing)
     occupied = np.argwhere(template["envelope"] > 0.01)
     low = np.maximum(occupied.min(axis=0) - margin, 0)
     high = np.minimum(occupied.max(axis=0) + margin + 1, template["envelope"].shape)
@@ -153,17 +173,18 @@ def prepare_model(spacing: float = 2.0, config: SynthConfig | None = None) -> Sy
     index = np.indices(maps["gm"].shape, dtype=np.float32) + low[:, None, None, None]
     world = np.tensordot(template["affine"][:3, :3], index, axes=1) + template["affine"][:3, 3, None, None, None]
     regions = {name: _region_weight(world, name) for name in REGIONS}
-    maps["medial_temporal"] = np.maximum(regions["hippocampus"], regions["amygdala"])
+    maps["medial_temporal"] = np.maximum.reduce([regions[name] for name in ("hippocampus", "amygdala", "entorhinal")])
     maps["hippocampus"] = (regions["hippocampus"] >= 0.5).astype(np.float32)
-    maps["temporoparietal"] = np.maximum(regions["temporal"], regions["parietal"])
-    for name in ("putamen", "caudate", "frontal"):
+    maps["temporoparietal"] = np.maximum.reduce([regions[name] for name in ("temporal", "parietal", "precuneus")])
+    for name in ("putamen", "caudate", "frontal", "temporal"):
         maps[name] = regions[name]
-    frontal = np.clip(world[1] / 70.0, -1.0, 1.0)  # MNI y: +1 at the frontal pole, -1 occipital
-    maps["thinning_gradient"] = (1.0 + config.aging.gm_frontal_gradient * frontal).astype(np.float32)
+    # MNI y: +1 at the frontal pole, -1 occipital; thinning is 1 + gm_frontal_gradient * this.
+    maps["frontal_axis"] = np.clip(world[1] / 70.0, -1.0, 1.0).astype(np.float32)
+    maps["thinning_gradient"] = (1.0 + config.aging.gm_frontal_gradient * maps["frontal_axis"]).astype(np.float32)
     distance = template["ventricle_distance"][crop]
     maps["wmh_propensity"] = (maps["wm"] * np.exp(-distance / WMH_DECAY_MM)).astype(np.float32)
     wmh_candidates = np.flatnonzero((maps["wm"] > 0.3) & (distance < 3.0 * WMH_DECAY_MM))
-    dilation = max(1, math.ceil(4.0 * config.anatomy.deformation_sd_mm / spacing) + 1)
+    dilation = max(1, math.ceil(3.0 * _deformation_sd_mm(config) / spacing) + 1)
     maps["selectable"] = ndi.binary_dilation(maps["envelope"] > 0.01, iterations=dilation).astype(np.uint8)
     i = config.intensities
     csf = maps["csf_ventricular"] + maps["csf_sulcal"]
@@ -189,6 +210,7 @@ def prepare_model(spacing: float = 2.0, config: SynthConfig | None = None) -> Sy
         "wm_gain": _table(np.linspace(-3.0, 5.0, 41), wm_gain),
         "temporoparietal_loss": _table(np.linspace(0.0, 10.0, 41), regional_loss(maps["temporoparietal"][active])),
         "frontal_loss": _table(np.linspace(0.0, 10.0, 41), regional_loss(maps["frontal"][active])),
+        "temporal_loss": _table(np.linspace(0.0, 10.0, 41), regional_loss(maps["temporal"][active])),
     }
     displacements, ratios, coarse = ventricle_levels(float(spacing), tuple((s.start, s.stop) for s in crop))
     envelope_full = template["envelope"]
@@ -217,6 +239,36 @@ def _wm_boundary_shift(gm: np.ndarray, wm: np.ndarray, wm_depth: np.ndarray, shi
     return -_transfer(wm, gm, wm_depth, -shift, width)
 
 
+def _deformation_sd_mm(config: SynthConfig) -> float:
+    """Combined SD (mm) of the two scales of the random velocity field."""
+    anatomy = config.anatomy
+    return math.hypot(anatomy.deformation_sd_mm, anatomy.deformation_coarse_sd_mm)
+
+
+def diffeomorphic_displacement(rng: np.random.Generator, model: SynthModel, steps: int = 6) -> np.ndarray:
+    """A random smooth diffeomorphism's displacement on the ``FIELD_GRID_MM`` grid.
+
+    A stationary velocity field, the sum of two scales of :func:`smooth_field` (control points
+    every ``anatomy.deformation_coarse_spacing_mm`` and ``anatomy.deformation_spacing_mm``, SDs
+    ``deformation_coarse_sd_mm`` and ``deformation_sd_mm``), is exponentiated by scaling and
+    squaring (arsigny2006log): ``phi = v / 2**steps``, then ``steps`` times
+    ``phi(x) <- phi(x) + phi(x + phi(x))``. The result is invertible whatever its size.
+
+    Returns:
+        ``(3, fx, fy, fz)`` displacement in output-grid voxels, for :func:`field_at`.
+    """
+    anatomy = model.config.anatomy
+    velocity_mm = anatomy.deformation_coarse_sd_mm * smooth_field(
+        rng, model, anatomy.deformation_coarse_spacing_mm, 3
+    ) + anatomy.deformation_sd_mm * smooth_field(rng, model, anatomy.deformation_spacing_mm, 3)
+    phi = velocity_mm / FIELD_GRID_MM / 2**steps  # in field-grid voxels
+    grid = np.indices(phi.shape[1:], dtype=np.float32)
+    for _ in range(steps):
+        where = grid + phi
+        phi = phi + np.stack([ndi.map_coordinates(c, where, order=1, mode="nearest") for c in phi])
+    return (phi * (FIELD_GRID_MM / model.spacing)).astype(np.float32)
+
+
 def smooth_field(rng: np.random.Generator, model: SynthModel, control_mm: float, count: int) -> np.ndarray:
     """``count`` random smooth fields (unit SD at control points) on the ``FIELD_GRID_MM`` grid.
 
@@ -237,33 +289,61 @@ def field_at(field: np.ndarray, index: np.ndarray, model: SynthModel) -> np.ndar
 
 
 def aging_targets(subject: SubjectParams, config: SynthConfig) -> dict[str, float]:
-    """The volume changes one subject's biological age and disease call for.
+    """The volume changes one subject's biological age, own rates, anatomy and disease call for.
+
+    Each aging process's population trajectory is scaled by the subject's rate for it
+    (:meth:`SubjectParams.rate`); the individual anatomy adds age-independent offsets.
 
     Returns:
-        ``gm_loss`` (fraction of template GM, before disease); ``wm_gain`` and ``wm_decline``
-        (fractions of template WM: the GM/WM boundary moves into the cortex by the gain and back
-        by the decline, and the cortex follows the decline inwards, so declined WM becomes
-        sulcal CSF); ``ventricle_ratio`` (ventricular volume / template's); ``wmh_ml``
+        ``gm_loss`` (fraction of template GM, before disease; the cortex's own loss plus the
+        subject's thinner or thicker cortex); ``frontal_rate`` (multiplier of the frontal excess
+        of thinning); ``temporal_loss`` (extra late loss of temporal GM, fraction of its GM);
+        ``hippocampal_loss`` (fraction of medial temporal GM, aging and AD); ``wm_gain`` and
+        ``wm_decline`` (fractions of template WM: the GM/WM boundary moves into the cortex by the
+        gain and back by the decline, and the cortex follows the decline inwards, so declined WM
+        becomes sulcal CSF); ``wm_offset`` (the subject's WM volume, fraction, moving the
+        boundary alone); ``ventricle_ratio`` (ventricular volume / template's); ``wmh_ml``
         (template-space ml).
     """
-    aging, disease = config.aging, config.disease
-    years = subject.biological_age - aging.reference_age
-    late = max(subject.biological_age - aging.gm_acceleration_age, 0.0)
-    wm_late = max(subject.biological_age - aging.wm_decline_age, 0.0)
-    ventricle_late = max(subject.biological_age - aging.ventricle_acceleration_age, 0.0)
-    ratio = 1.0 + aging.ventricle_growth_per_year * years + aging.ventricle_growth_quadratic * ventricle_late**2
-    wmh_exponent = aging.wmh_growth_per_year * (subject.biological_age - 60.0) + aging.wmh_log_sd * subject.wmh_z
+    aging, disease, anatomy = config.aging, config.disease, config.anatomy
+    age = subject.biological_age
+    years = age - aging.reference_age
+
+    def rate(process: str) -> float:
+        return subject.rate(process, aging.ventricle_rate_sd if process == "ventricles" else aging.rate_sd)
+
+    def after(onset: float) -> float:
+        return max(age - onset, 0.0)
+
+    growth = (
+        aging.ventricle_growth_per_year * years
+        + aging.ventricle_growth_quadratic * after(aging.ventricle_acceleration_age) ** 2
+    )
+    ratio = (1.0 + rate("ventricles") * growth) * math.exp(anatomy.ventricle_log_sd * subject.anatomy_z["ventricles"])
+    wmh_exponent = aging.wmh_growth_per_year * (age - 60.0) + aging.wmh_log_sd * subject.wmh_z
     wmh = aging.wmh_ml_at_60 * math.exp(wmh_exponent)
+    hippocampal = rate("hippocampus") * (
+        aging.hippocampal_loss_per_year * years
+        + aging.hippocampal_loss_quadratic * after(aging.hippocampal_acceleration_age) ** 2
+    )
     if subject.group == "AD":
         ratio *= 1.0 + disease.ad_ventricle_expansion_per_cdr * subject.cdr
         wmh *= disease.ad_wmh_factor
+        medial = disease.ad_hippocampal_loss_base + disease.ad_hippocampal_loss_per_cdr * subject.cdr
+        medial *= math.exp(disease.ad_pattern_log_sd * subject.pattern_z["medial_temporal"])
+        hippocampal = 1.0 - (1.0 - hippocampal) * (1.0 - min(medial, disease.ad_hippocampal_loss_max))
     elif subject.group == "PD":
         ratio *= 1.0 + disease.pd_ventricle_expansion_per_severity * subject.severity
+    gm_loss = aging.gm_loss_per_year * years + aging.gm_loss_acceleration * after(aging.gm_acceleration_age) ** 2
     return {
-        "gm_loss": aging.gm_loss_per_year * years + aging.gm_loss_acceleration * late**2,
+        "gm_loss": rate("cortex") * gm_loss + anatomy.cortex_sd * subject.anatomy_z["cortex"],
+        "frontal_rate": rate("frontal"),
+        "temporal_loss": rate("temporal") * aging.temporal_loss_quadratic * after(aging.temporal_acceleration_age) ** 2,
+        "hippocampal_loss": float(np.clip(hippocampal, -0.2, 0.9)),
         "wm_gain": aging.wm_gain_max * (1.0 - math.exp(-years / aging.wm_gain_tau)),
-        "wm_decline": aging.wm_decline_quadratic * wm_late**2,
-        "ventricle_ratio": max(ratio, 0.5),
+        "wm_decline": rate("wm") * aging.wm_decline_quadratic * after(aging.wm_decline_age) ** 2,
+        "wm_offset": anatomy.wm_sd * subject.anatomy_z["wm"],
+        "ventricle_ratio": ratio,
         "wmh_ml": wmh,
     }
 
@@ -276,29 +356,35 @@ def age_tissues(
     maps, width, disease = model.maps, model.width, model.config.disease
     g, w = maps["gm"].copy(), maps["wm"].copy()
     ventricular, sulcal = maps["csf_ventricular"].copy(), maps["csf_sulcal"].copy()
-    shift = _invert(model.tables["wm_gain"], targets["wm_gain"] - targets["wm_decline"])
-    moved = _wm_boundary_shift(g, w, maps["wm_depth"], shift, width)
+    shift = _invert(model.tables["wm_gain"], targets["wm_gain"] - targets["wm_decline"] + targets["wm_offset"])
+    # The medial temporal lobe ages on its own curve (hippocampal_loss below), not with the
+    # GM/WM boundary or the cortical erosion.
+    own_curve = 1.0 - maps["medial_temporal"]
+    moved = _wm_boundary_shift(g, w, maps["wm_depth"], shift, width) * own_curve
     g, w = g - moved, w + moved
     # The cortex erodes by its own loss plus the GM that the receding WM boundary handed it.
     erosion = targets["gm_loss"] + targets["wm_decline"] * float(maps["wm"].sum() / maps["gm"].sum())
-    thinning = _invert(model.tables["gm_loss"], erosion) * maps["thinning_gradient"]
+    gradient = 1.0 + model.config.aging.gm_frontal_gradient * targets["frontal_rate"] * maps["frontal_axis"]
+    thinning = _invert(model.tables["gm_loss"], erosion) * gradient
+    thinning = thinning + _invert(model.tables["temporal_loss"], targets["temporal_loss"]) * maps["temporal"]
     if subject.group == "AD":
         loss = disease.ad_temporoparietal_loss_per_cdr * subject.cdr
+        loss *= math.exp(disease.ad_pattern_log_sd * subject.pattern_z["cortical"])
         thinning = thinning + _invert(model.tables["temporoparietal_loss"], loss) * maps["temporoparietal"]
     if subject.group == "PD":
         loss = disease.pd_frontal_loss_per_severity * subject.severity
         thinning = thinning + _invert(model.tables["frontal_loss"], loss) * maps["frontal"]
-    moved = _transfer(g, sulcal, maps["pial_depth"], thinning, width)
+    moved = _transfer(g, sulcal, maps["pial_depth"], thinning * own_curve, width)
     g, sulcal = g - moved, sulcal + moved
-    if subject.group == "AD":
-        hippocampal = min(disease.ad_hippocampal_loss_per_cdr * subject.cdr, disease.ad_hippocampal_loss_max)
-        moved = g * hippocampal * maps["medial_temporal"]  # the temporal horn takes its place
-        g, ventricular = g - moved, ventricular + moved
+    # Medial temporal GM lost with age (and AD) goes to the temporal horn; a negative loss (a
+    # subject whose rate makes it younger than the template) takes CSF back, as far as there is.
+    moved = np.maximum(g * targets["hippocampal_loss"] * maps["medial_temporal"], -ventricular)
+    g, ventricular = g - moved, ventricular + moved
     if subject.group == "PD":
         moved = g * (disease.pd_caudate_loss_per_severity * subject.severity) * maps["caudate"]
         g, ventricular = g - moved, ventricular + moved
         moved = g * (disease.pd_putamen_loss_per_severity * subject.severity) * maps["putamen"]
-        g, sulcal = g - moved, sulcal + moved
+        g, w = g - moved, w + moved  # the shrinking putamen: the capsule's WM takes its place
     # WMH: the WM voxels with the highest periventricular propensity (times a smooth random
     # texture) become WMH until the target volume is reached.
     candidates = model.wmh_candidates

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "AGE_LIMITS",
+    "AGING_PROCESSES",
     "SPLITS",
     "SYNTH_GROUPS",
     "AgingEffects",
@@ -29,6 +30,8 @@ __all__ = [
 SYNTH_GROUPS: tuple[str, ...] = ("CN", "AD", "PD")  # groups the phantom can simulate
 AGE_LIMITS: tuple[float, float] = (0.0, 120.0)
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The partly independent aging processes, each with a subject-specific rate (AgingEffects.rate_sd).
+AGING_PROCESSES: tuple[str, ...] = ("cortex", "frontal", "temporal", "hippocampus", "wm", "ventricles")
 
 
 @dataclass
@@ -66,11 +69,13 @@ def default_groups() -> dict[str, GroupSpec]:
         # onset for AD, typical PD cohort ages). Gap SD of healthy adults 3-5 y:
         # cole2017predicting, franke2019ten.
         "CN": GroupSpec(0.70, 20.0, 90.0, None, 0.0, 0.50, 0.0, 4.0),
-        # AD gap +5 to +10 y growing with severity: franke2012longitudinal, franke2019ten.
-        "AD": GroupSpec(0.15, 60.0, 90.0, 74.0, 7.0, 0.55, 7.0, 4.5, 3.0),
-        # PD gap of a few years, related to motor impairment: eickhoff2021advanced,
-        # beheshti2020t1; male predominance of PD: wooten2004are.
-        "PD": GroupSpec(0.15, 50.0, 85.0, 66.0, 8.0, 0.40, 2.5, 4.5, 1.5),
+        # LATENT gaps: the published gaps (AD +5 to +10 y, franke2012longitudinal, franke2019ten;
+        # PD +1 to +3 y, eickhoff2021advanced, beheshti2020t1) are what models MEASURE, which
+        # includes the disease atrophy below that models read as age. The latent gaps are set so
+        # that a model trained on controls measures gaps in those ranges (calibrated on the
+        # default book, data_manifests/synthetic_cohort.md); male predominance of PD: wooten2004are.
+        "AD": GroupSpec(0.15, 60.0, 90.0, 74.0, 7.0, 0.55, 2.0, 4.0, 1.5),
+        "PD": GroupSpec(0.15, 50.0, 85.0, 66.0, 8.0, 0.40, 0.5, 4.0, 0.5),
     }
 
 
@@ -104,6 +109,27 @@ class AgingEffects:
     wmh_growth_per_year: float = 0.07  # exponential WMH growth /y: decarli2005measures, habes2016white
     wmh_log_sd: float = 0.6  # between-subject SD of log WMH volume: decarli2005measures
     contrast_loss_per_year: float = 0.0008  # WM intensity falls, GM rises, by this fraction /y: salat2009age
+    # Hippocampal GM loss: slow before 60, accelerating after (fraser2015hippocampal,
+    # fjell2009one): linear loss /y plus a quadratic term after hippocampal_acceleration_age;
+    # about 0.45 %/y at 70 and 0.75 %/y at 80, below the 1-1.5 %/y of longitudinal studies, because
+    # the IXI scans' hippocampus / total brain hardly changes with age (R2 0.05): a compromise
+    # named in data_manifests/synthetic_cohort.md.
+    hippocampal_loss_per_year: float = 0.0008  # fraser2015hippocampal
+    hippocampal_loss_quadratic: float = 0.0002  # fraser2015hippocampal, fjell2009one
+    hippocampal_acceleration_age: float = 55.0  # fraser2015hippocampal
+    # Temporal cortex thins faster late in life than the cortex as a whole: fjell2009one.
+    temporal_loss_quadratic: float = 0.00008  # extra temporal GM loss /y^2 after temporal_acceleration_age
+    temporal_acceleration_age: float = 50.0  # fjell2009one
+    # Each subject ages each process (AGING_PROCESSES) at its own rate, exp(rate_sd * z) times
+    # the population trajectory; the z are correlated rate_correlation across processes (one
+    # shared factor). Individual differences in atrophy rates of this order: fjell2009one,
+    # raz2005regional.
+    rate_sd: float = 0.3  # fjell2009one, raz2005regional
+    # Ventricular expansion rates vary more between people (SD of the log rate): the spread of
+    # ventricular volume grows with age (IXI: CV 36 % at 20-35 y, 53 % at 65-80 y; NiChart
+    # centiles: nichart2024), walhovd2011consistent.
+    ventricle_rate_sd: float = 0.6  # walhovd2011consistent, nichart2024
+    rate_correlation: float = 0.5  # raz2005regional
 
 
 @dataclass
@@ -147,11 +173,19 @@ class DiseaseEffects:
     ``severity_reference_updrs3``. Losses are fractions of the region's template GM volume.
     """
 
-    ad_hippocampal_loss_per_cdr: float = 0.15  # medial temporal GM loss /CDR unit: frisoni2010clinical
+    # Medial temporal (hippocampus, amygdala, entorhinal) GM loss: about 15-20 % already in mild
+    # AD, growing with CDR: frisoni2010clinical.
+    ad_hippocampal_loss_base: float = 0.10  # frisoni2010clinical
+    ad_hippocampal_loss_per_cdr: float = 0.10  # frisoni2010clinical
     ad_hippocampal_loss_max: float = 0.5  # frisoni2010clinical
-    ad_temporoparietal_loss_per_cdr: float = 0.04  # cortical signature of AD: dickerson2009cortical
+    # Temporo-parietal and precuneus cortex (the cortical signature of AD): dickerson2009cortical.
+    ad_temporoparietal_loss_per_cdr: float = 0.04  # dickerson2009cortical
+    # Subject-specific weights of the medial temporal and cortical components (log-normal SD):
+    # limbic-predominant to hippocampal-sparing atrophy subtypes, ferreira2020biological.
+    ad_pattern_log_sd: float = 0.3  # ferreira2020biological
     ad_ventricle_expansion_per_cdr: float = 0.25  # ventricles beyond age-expected /CDR unit: nestor2008ventricular
     ad_wmh_factor: float = 1.3  # more WMH in AD than controls: habes2016white
+    # Putamen shrinks (the surrounding capsule WM takes its place): laansma2021international.
     pd_putamen_loss_per_severity: float = 0.04  # laansma2021international
     pd_caudate_loss_per_severity: float = 0.03  # laansma2021international
     pd_frontal_loss_per_severity: float = 0.015  # laansma2021international
@@ -161,12 +195,25 @@ class DiseaseEffects:
 
 @dataclass
 class AnatomyVariation:
-    """Individual anatomy no model can remove: head size, shape, and placement."""
+    """Individual anatomy no model can remove: head size, shape, tissue amounts, placement.
+
+    None of it depends on age. Sizes are set so that the phantom's spread of volume / total brain
+    within 15-year age bands matches the shared IXI scans (:mod:`brainage_core.cohorts.calibration`);
+    the NiChart DLMUSE centiles of healthy adults give the same order (log-SD of ventricular
+    volume about 0.45, nichart2024).
+    """
 
     head_scale_sd: float = 0.035  # linear SD (about 10 % of intracranial volume): ruigrok2014meta
     head_scale_sex_difference: float = 0.04  # male/female linear ratio - 1 (about 12 % in volume): ruigrok2014meta
-    deformation_sd_mm: float = 2.0  # smooth nonlinear shape variation: design choice
-    deformation_spacing_mm: float = 24.0  # control-point spacing of that deformation: design choice
+    ventricle_log_sd: float = 0.30  # individual ventricular volume (log-normal): nichart2024
+    cortex_sd: float = 0.025  # individual cortical GM volume (cortical thickness), fraction: nichart2024
+    wm_sd: float = 0.02  # individual WM volume, fraction (the GM/WM boundary): nichart2024
+    # Shape: a diffeomorphism (scaling and squaring of a random stationary velocity field with
+    # a coarse and a fine scale), so that no two brains share a shape: design choice.
+    deformation_sd_mm: float = 1.5  # fine-scale velocity SD: design choice
+    deformation_spacing_mm: float = 24.0  # control-point spacing of the fine scale: design choice
+    deformation_coarse_sd_mm: float = 4.0  # coarse-scale velocity SD: design choice
+    deformation_coarse_spacing_mm: float = 64.0  # control-point spacing of the coarse scale: design choice
     rotation_max_deg: float = 3.0  # residual misregistration: design choice
     translation_max_mm: float = 3.0  # residual misregistration: design choice
 

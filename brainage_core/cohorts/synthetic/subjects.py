@@ -10,13 +10,17 @@ scalars do not depend on the process or on the other subjects.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.stats import truncnorm
 
 from brainage_core.cohorts.synthetic.config import SynthConfig
+from brainage_core.cohorts.synthetic.params import AGING_PROCESSES
+
+ANATOMY_TRAITS: tuple[str, ...] = ("ventricles", "cortex", "wm")
+AD_COMPONENTS: tuple[str, ...] = ("medial_temporal", "cortical")
 
 __all__ = ["SubjectParams", "assign_cohort_splits", "sample_subjects"]
 
@@ -41,6 +45,13 @@ class SubjectParams:
         translation_mm: translation (mm).
         wmh_z: standard-normal deviation of the subject's WMH volume.
         seed: seed sequence of the subject's random fields and noise.
+        anatomy_z: standard-normal deviations of the subject's age-independent anatomy:
+            ``ventricles`` (size), ``cortex`` (cortical GM, thickness), ``wm`` (WM volume).
+        rate_z: standard-normal deviation of each aging process's rate (one per
+            :data:`~brainage_core.cohorts.synthetic.params.AGING_PROCESSES`), correlated across
+            processes by ``aging.rate_correlation``.
+        pattern_z: standard-normal weights of the AD atrophy components ``medial_temporal``
+            and ``cortical`` (unused for other groups).
     """
 
     subject_id: str
@@ -62,6 +73,13 @@ class SubjectParams:
     translation_mm: tuple[float, float, float]
     wmh_z: float
     seed: np.random.SeedSequence
+    anatomy_z: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ANATOMY_TRAITS, 0.0))
+    rate_z: dict[str, float] = field(default_factory=lambda: dict.fromkeys(AGING_PROCESSES, 0.0))
+    pattern_z: dict[str, float] = field(default_factory=lambda: dict.fromkeys(AD_COMPONENTS, 0.0))
+
+    def rate(self, process: str, sd: float) -> float:
+        """The subject's rate multiplier of one aging process, ``exp(sd * z)``."""
+        return math.exp(sd * self.rate_z[process])
 
     @property
     def biological_age(self) -> float:
@@ -160,6 +178,14 @@ def sample_subjects(n_subjects: int, seed: int, config: SynthConfig) -> list[Sub
         rotation = rng.uniform(-anatomy.rotation_max_deg, anatomy.rotation_max_deg, 3)
         translation = rng.uniform(-anatomy.translation_max_mm, anatomy.translation_max_mm, 3)
         site = int(rng.integers(scanner.n_sites))
+        wmh_z = float(rng.standard_normal())
+        anatomy_z = dict(zip(ANATOMY_TRAITS, (float(z) for z in rng.standard_normal(len(ANATOMY_TRAITS)))))
+        shared, own = rng.standard_normal(), rng.standard_normal(len(AGING_PROCESSES))
+        rho = config.aging.rate_correlation
+        rate_z = {
+            name: float(math.sqrt(rho) * shared + math.sqrt(1.0 - rho) * z) for name, z in zip(AGING_PROCESSES, own)
+        }
+        pattern_z = dict(zip(AD_COMPONENTS, (float(z) for z in rng.standard_normal(len(AD_COMPONENTS)))))
         subjects.append(
             SubjectParams(
                 subject_id=f"sub-{index + 1:0{digits}d}",
@@ -179,8 +205,11 @@ def sample_subjects(n_subjects: int, seed: int, config: SynthConfig) -> list[Sub
                 head_scale=round(head_scale, 4),
                 rotation_deg=_triple(rotation),
                 translation_mm=_triple(translation),
-                wmh_z=float(rng.standard_normal()),
+                wmh_z=wmh_z,
                 seed=image_seq,
+                anatomy_z=anatomy_z,
+                rate_z=rate_z,
+                pattern_z=pattern_z,
             )
         )
     return subjects

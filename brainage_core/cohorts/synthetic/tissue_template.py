@@ -26,7 +26,7 @@ __all__ = ["VENTRICLE_LEVELS_MM", "check_spacing", "load_template", "ventricle_l
 VENTRICLE_SEEDS_MM = ((8.0, -10.0, 20.0), (-8.0, -10.0, 20.0))
 VENTRICLE_MIN_DEPTH_MM = 12.0  # deep CSF only: cuts the ventricles from fissures and cisterns
 VENTRICLE_SMOOTHING_MM = 8.0  # width of the expansion field around the ventricles
-VENTRICLE_LEVELS_MM = np.linspace(-4.0, 28.0, 17)  # strengths of the precomputed fields
+VENTRICLE_LEVELS_MM = np.linspace(-6.0, 28.0, 18)  # strengths of the precomputed fields
 PIAL_THRESHOLD = 0.85  # GM + WM level of the pial surface: sulci blurred in the average template count as outside
 
 

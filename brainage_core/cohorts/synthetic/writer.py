@@ -2,7 +2,8 @@
 
 Files: ``images/sub-XXXX_T1w.nii.gz`` (int16, WM about 1000), ``masks/sub-XXXX_mask.nii.gz``,
 ``effects/sub-XXXX_effect.nii.gz`` (uint8 with slope 1/250: |change| relative to WM intensity),
-``ground_truth.csv``, ``cohort.json``, and last ``manifest.csv``. A rerun into the same folder
+``ground_truth.csv``, ``cohort.json`` (the request, group counts and the phantom's calibration
+numbers, :func:`brainage_core.cohorts.calibration.cohort_calibration`), and last ``manifest.csv``. A rerun into the same folder
 returns the existing cohort when its ``cohort.json`` and manifest match the request, regenerates
 a folder that only holds files brainage wrote otherwise (deleting its manifest first), and
 refuses a folder holding anything else, anywhere below it. Every file is recorded in
@@ -27,6 +28,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from brainage_core import __version__
+from brainage_core.cohorts.calibration import (
+    CALIBRATION_AGE_RANGE,
+    calibration_subjects,
+    cohort_calibration,
+    phantom_structure_volumes,
+    volume_ridge_mae,
+)
 from brainage_core.cohorts.synthetic.config import SynthConfig
 from brainage_core.cohorts.synthetic.images import synthesize_subject, tissue_volumes
 from brainage_core.cohorts.synthetic.model import SynthModel, prepare_model
@@ -254,9 +262,36 @@ def generate_cohort(
     with atomic_path(out_dir / "ground_truth.csv", suffix=".csv") as temp:
         pd.DataFrame(truth).to_csv(temp, index=False, float_format="%.6g")
     counts = pd.Series([subject.group for subject in subjects]).value_counts().to_dict()
-    write_json(out_dir / "cohort.json", {**request, "template": sorted(TEMPLATE_FILES.values()), "groups": counts})
+    meta = {**request, "template": sorted(TEMPLATE_FILES.values()), "groups": counts}
+    write_json(out_dir / "cohort.json", meta | {"calibration": _calibration_summary(pd.DataFrame(truth))})
     write_manifest(pd.DataFrame(rows), manifest_path)  # last: its presence marks a complete cohort
     return manifest_path
+
+
+def _calibration_summary(truth: pd.DataFrame) -> dict[str, Any] | None:
+    """The phantom's realism numbers for ``cohort.json`` (:mod:`brainage_core.cohorts.calibration`).
+
+    Healthy subjects aged within ``CALIBRATION_AGE_RANGE``: per structure, the R2 of volume / total
+    brain on age and its CV (%) within 15-year bands; and the 5-fold MAE of ridge regression on
+    the true tissue volumes. ``None`` for a cohort with too few controls.
+    """
+    truth = truth.set_index("subject_id")
+    table = cohort_calibration(phantom_structure_volumes(truth), truth["age"], truth["group"])
+    if table is None:
+        return None
+    controls = truth[calibration_subjects(truth["age"], truth["group"])]
+    volumes = controls[[column for column in controls.columns if column.endswith("_ml")]]
+    rounded = table.drop(columns="n").round(4)
+    summary: dict[str, Any] = {
+        "age_range": list(CALIBRATION_AGE_RANGE),
+        "n_controls": len(controls),
+        "structures": {
+            name: {k: (None if pd.isna(v) else float(v)) for k, v in row.items()} for name, row in rounded.iterrows()
+        },
+    }
+    if len(controls) >= 10:
+        summary["ridge_true_volumes_mae"] = round(volume_ridge_mae(volumes, controls["age"]), 3)
+    return summary
 
 
 def cohort_subjects(cohort_dir: str | os.PathLike[str]) -> tuple[SynthModel, dict[str, SubjectParams]]:
