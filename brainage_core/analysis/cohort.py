@@ -5,29 +5,35 @@ A synthetic cohort (:func:`brainage_core.cohorts.synthetic.generate_cohort`) wri
 volumes the generator produced (``gm_ml``, ``wm_ml``, ``csf_ventricular_ml``, ...) and the
 linear head scale. The functions here summarise it: latent gaps per group, grey-matter loss per
 year, patients' ventricular excess over age-matched controls, tissue fractions measured back from
-the images, and example subjects to show. A manifest of one's own has no ground truth;
-:func:`read_ground_truth` then returns ``None``.
+the images, example subjects to show, and :func:`phantom_realism`, the phantom set beside a
+labelled real cohort (:mod:`brainage_core.cohorts.calibration`). A manifest of one's own has no
+ground truth; :func:`read_ground_truth` then returns ``None``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from brainage_core.cohorts import calibration
 from brainage_core.cohorts.synthetic import image_tissue_volumes
 from brainage_core.manifest import manifest_folder
 
 __all__ = [
     "GROUND_TRUTH_FILE",
     "VENTRICLE_EXCESS",
+    "Realism",
     "example_subjects",
     "grey_matter_loss_per_year",
     "latent_gap_summary",
     "mean_ventricle_excess",
     "measured_tissue_fractions",
+    "phantom_realism",
     "read_ground_truth",
     "relative_tissue_volumes",
     "ventricle_excess",
@@ -257,3 +263,69 @@ def example_subjects(
         if len(rows):
             positions.append(rows.sort_values("age").index[-1])
     return frame.loc[positions]
+
+
+@dataclass
+class Realism:
+    """The phantom beside a labelled real cohort (:func:`phantom_realism`).
+
+    Attributes:
+        cohorts: name (``phantom``, ``IXI``) -> healthy subjects aged within
+            :data:`~brainage_core.cohorts.calibration.CALIBRATION_AGE_RANGE`: structure volumes
+            (ml) and ``age``.
+        tables: name -> :func:`~brainage_core.cohorts.calibration.calibration_table`.
+        ridge_mae: name -> 5-fold MAE (years) of ridge regression on the structure volumes
+            (the same six features in both cohorts).
+        comparison: :func:`~brainage_core.cohorts.calibration.compare_calibration` of the two, or
+            ``None`` with one cohort.
+    """
+
+    cohorts: dict[str, pd.DataFrame]
+    tables: dict[str, pd.DataFrame]
+    ridge_mae: dict[str, float]
+    comparison: pd.DataFrame | None
+
+    def compared(self) -> pd.DataFrame:
+        """The rows of ``comparison`` where both cohorts have a value (a band may be too small)."""
+        if self.comparison is None:
+            return pd.DataFrame(columns=["structure", "measure", "phantom", "reference", "within"])
+        return self.comparison.dropna(subset=["phantom", "reference"])
+
+    def misses(self) -> list[str]:
+        """The compared measures outside their target, as "structure measure (phantom vs IXI)" phrases."""
+        compared = self.compared()
+        rows = compared[~compared["within"].astype(bool)]
+        return [
+            f"{row.structure} {row.measure.replace('cv_', 'CV ').replace('_', '-')} "
+            f"({row.phantom:.2f} vs {row.reference:.2f})"
+            for row in rows.itertuples()
+        ]
+
+
+def phantom_realism(truth: pd.DataFrame | None, reference_dir: str | os.PathLike[str] | None) -> Realism:
+    """The phantom's age trajectories and spread of structure volumes beside real scans'.
+
+    Args:
+        truth: the phantom's ground truth (:func:`read_ground_truth`), or ``None`` (a cohort of
+            one's own: only the reference is shown).
+        reference_dir: a labelled real cohort laid out as the shared IXI subset
+            (:func:`~brainage_core.cohorts.calibration.read_labelled_cohort`), or ``None`` / a
+            missing folder (only the phantom is shown).
+
+    Returns:
+        A :class:`Realism`; its ``cohorts`` is empty when neither is available.
+    """
+    cohorts: dict[str, pd.DataFrame] = {}
+    if truth is not None:
+        truth = truth.set_index("subject_id")
+        keep = calibration.calibration_subjects(truth["age"], truth["group"])
+        cohorts["phantom"] = calibration.phantom_structure_volumes(truth[keep]).assign(age=truth.loc[keep, "age"])
+    if reference_dir is not None and (Path(reference_dir) / "participants.csv").is_file():
+        real = calibration.read_labelled_cohort(reference_dir)
+        cohorts["IXI"] = real[calibration.calibration_subjects(real["age"])]
+    features = [*calibration.STRUCTURES, "total_brain"]
+    tables = {name: calibration.calibration_table(frame, frame["age"]) for name, frame in cohorts.items()}
+    ridge = {name: calibration.volume_ridge_mae(frame[features], frame["age"]) for name, frame in cohorts.items()}
+    both = "phantom" in tables and "IXI" in tables
+    comparison = calibration.compare_calibration(tables["phantom"], tables["IXI"]) if both else None
+    return Realism(cohorts=cohorts, tables=tables, ridge_mae=ridge, comparison=comparison)

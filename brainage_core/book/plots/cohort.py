@@ -17,11 +17,21 @@ from matplotlib.figure import Figure
 
 from brainage_core.analysis.cohort import VENTRICLE_EXCESS
 from brainage_core.book.plots import GROUP_COLOURS, plot_volume_slices
+from brainage_core.cohorts.calibration import STRUCTURES
+
+_STRUCTURE_LABELS = {
+    "ventricles": "ventricles",
+    "hippocampus": "hippocampus",
+    "gm": "grey matter",
+    "wm": "white matter",
+    "csf": "sulcal CSF",
+}
 
 __all__ = [
     "plot_age_and_gap",
     "plot_effect_maps",
     "plot_example_scans",
+    "plot_realism",
     "plot_severity_scores",
     "plot_tissue_volumes",
     "plot_ventricle_excess",
@@ -155,4 +165,32 @@ def plot_ventricle_excess(patients: pd.DataFrame) -> Figure:
     sns.stripplot(data=patients, x=VENTRICLE_EXCESS, y="stage", order=order, size=3, ax=ax)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set(xlabel="ventricular CSF minus age-matched controls (ml)", ylabel="")
+    return fig
+
+
+def plot_realism(cohorts: dict[str, pd.DataFrame]) -> Figure:
+    """Each structure's volume / total brain against age, cohorts side by side (one panel each).
+
+    Each cohort's ratio is drawn in % of its own mean under 35 years, so trajectories and spreads
+    compare although the phantom's structures are not DLMUSE's (its hippocampus is a template
+    region, its CSF classes the template's).
+
+    Args:
+        cohorts: name -> healthy subjects' structure volumes with an ``age`` column
+            (:func:`~brainage_core.cohorts.calibration.phantom_structure_volumes` or
+            :func:`~brainage_core.cohorts.calibration.read_labelled_cohort`), e.g. phantom and IXI.
+            Each gets its points and a quadratic fit.
+    """
+    fig, axes = plt.subplots(1, len(STRUCTURES), figsize=(3.0 * len(STRUCTURES), 3.2))
+    for ax, structure in zip(axes, STRUCTURES):
+        for colour, (name, frame) in zip(sns.color_palette(n_colors=len(cohorts)), cohorts.items()):
+            ratio = frame[structure] / frame["total_brain"]
+            percent = 100.0 * ratio / ratio[frame["age"] < 35].mean()
+            ax.scatter(frame["age"], percent, s=6, alpha=0.5, color=colour, label=f"{name} (n={len(frame)})")
+            years = np.linspace(frame["age"].min(), frame["age"].max(), 50)
+            ax.plot(years, np.polyval(np.polyfit(frame["age"], percent, 2), years), color=colour, linewidth=2)
+        ax.set(xlabel="age (years)", title=_STRUCTURE_LABELS[structure])
+    axes[0].set_ylabel("volume / total brain, % of own under-35 mean")
+    axes[0].legend(frameon=False, fontsize=7)
+    fig.tight_layout()
     return fig

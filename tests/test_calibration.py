@@ -1,0 +1,134 @@
+"""Tests of the realism measures (brainage_core.cohorts.calibration) and of the phantom against them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from brainage_core.cohorts import calibration
+from brainage_core.cohorts import synthetic as synth
+from brainage_core.cohorts.synthetic import SynthConfig
+
+
+def _volumes(ratios: dict[str, np.ndarray], total: float = 1000.0) -> pd.DataFrame:
+    frame = pd.DataFrame({name: ratio * total for name, ratio in ratios.items()})
+    frame["total_brain"] = total
+    return frame
+
+
+def test_calibration_table_recovers_a_known_trend_and_spread() -> None:
+    ages = np.repeat([25.0, 30.0, 40.0, 45.0, 55.0, 60.0, 70.0, 75.0], 10)
+    wobble = np.tile([0.9, 1.1], 40)  # +-10 % around the trend in every band
+    ratios = {
+        "ventricles": 0.01 + 0.0002 * ages,  # exact trend: R2 = 1, no spread within an age
+        "hippocampus": 0.005 * wobble,  # no trend: R2 = 0
+        "gm": 0.55 - 0.001 * ages,
+        "wm": 0.45 + 0.001 * ages,
+        "csf": 0.1 * wobble,
+    }
+    table = calibration.calibration_table(_volumes(ratios), ages)
+    assert list(table.index) == list(calibration.STRUCTURES)
+    assert table.loc["ventricles", "r2_age"] == pytest.approx(1.0)
+    assert table.loc["hippocampus", "r2_age"] == pytest.approx(0.0, abs=1e-9)
+    expected_cv = 100 * np.std(0.1 * wobble[:20], ddof=1) / 0.1  # the 20-35 band holds ages 25 and 30
+    assert table.loc["csf", "cv_20_35"] == pytest.approx(expected_cv)
+    assert table.loc["csf", "cv_65_80"] == pytest.approx(expected_cv)
+    with pytest.raises(ValueError, match="lack the column"):
+        calibration.calibration_table(_volumes(ratios).drop(columns="csf"), ages)
+    few = calibration.calibration_table(_volumes(ratios).iloc[:12], ages[:12])
+    assert np.isnan(few.loc["csf", "cv_50_65"])  # an empty band gets no CV
+
+
+def test_dlmuse_labels_make_the_structures() -> None:
+    labels = {1: 100.0, 4: 2.0, 51: 10.0, 47: 4.0, 48: 4.0, 35: 20.0, 81: 300.0, 95: 10.0, 190: 50.0, 59: 8.0}
+    volumes = calibration.dlmuse_structure_volumes(pd.DataFrame([labels], index=["s1"]))
+    row = volumes.loc["s1"]
+    assert row["ventricles"] == 12.0 and row["hippocampus"] == 8.0 and row["csf"] == 100.0
+    assert row["wm"] == 310.0
+    assert row["gm"] == 50.0 + 8.0 + 8.0  # cortex, thalamus, hippocampus; not the brainstem
+    assert row["total_brain"] == row["gm"] + row["wm"]
+
+
+def test_comparison_flags_each_measure_against_its_target() -> None:
+    phantom = pd.DataFrame({"r2_age": [0.50, 0.30], "cv_20_35": [40.0, 5.0], "n": 100}, index=["ventricles", "gm"])
+    reference = pd.DataFrame({"r2_age": [0.45, 0.60], "cv_20_35": [55.0, 6.0], "n": 145}, index=["ventricles", "gm"])
+    table = calibration.compare_calibration(phantom, reference).set_index(["structure", "measure"])
+    assert table.loc[("ventricles", "r2_age"), "within"]  # 0.05 <= 0.10
+    assert not table.loc[("gm", "r2_age"), "within"]  # 0.30 > 0.10
+    assert not table.loc[("ventricles", "cv_20_35"), "within"]  # 15 pp > 10 pp
+    assert table.loc[("gm", "cv_20_35"), "difference"] == pytest.approx(-1.0)
+
+
+def test_ridge_on_volumes_is_scored_out_of_fold() -> None:
+    rng = np.random.default_rng(0)
+    ages = rng.uniform(20, 80, 200)
+    informative = pd.DataFrame({"a": ages + rng.normal(0, 2, 200), "b": rng.normal(0, 1, 200)})
+    noise = pd.DataFrame({"a": rng.normal(0, 1, 200), "b": rng.normal(0, 1, 200)})
+    assert calibration.volume_ridge_mae(informative, ages) < 2.5
+    assert calibration.volume_ridge_mae(noise, ages) > 12.0  # no signal: about the mean predictor's error
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 controls at 3 mm (the patients do not enter the calibration)."""
+    config = SynthConfig()
+    config.groups["CN"].fraction, config.groups["AD"].fraction, config.groups["PD"].fraction = 1.0, 0.0, 0.0
+    root = tmp_path_factory.mktemp("calibration")
+    return synth.generate_cohort(
+        root / "cohort", 40, seed=0, spacing=3.0, config=config, progress=False, workers=2
+    ).parent
+
+
+def test_the_phantom_reports_its_calibration_and_has_individual_anatomy(small_cohort: Path) -> None:
+    meta = json.loads((small_cohort / "cohort.json").read_text())["calibration"]
+    assert meta["age_range"] == list(calibration.CALIBRATION_AGE_RANGE) and meta["n_controls"] >= 30
+    assert set(meta["structures"]) == set(calibration.STRUCTURES)
+    structures = meta["structures"]
+    # Individual anatomy: brains of the same age differ (the old phantom: ventricular CV 10-20 %).
+    assert np.nanmean([structures["ventricles"][band] for band in ("cv_20_35", "cv_35_50", "cv_50_65")]) > 25.0
+    # Regional aging at individual rates: no structure is a deterministic function of age.
+    assert all(structures[name]["r2_age"] < 0.85 for name in calibration.STRUCTURES)
+    assert 3.0 < meta["ridge_true_volumes_mae"] < 15.0
+
+
+def test_side_by_side_with_the_ixi_scans(small_cohort: Path, ixi_dir: Path) -> None:
+    """The data chapter's table on a small phantom: every structure and measure, both cohorts."""
+    real = calibration.read_labelled_cohort(ixi_dir)
+    assert len(real) == 145  # the subjects with an age and a label image
+    reference = calibration.cohort_calibration(real, real["age"])
+    truth = pd.read_csv(small_cohort / "ground_truth.csv").set_index("subject_id")
+    phantom = calibration.cohort_calibration(calibration.phantom_structure_volumes(truth), truth["age"], truth["group"])
+    assert reference is not None and phantom is not None
+    table = calibration.compare_calibration(phantom, reference)
+    assert len(table) == len(calibration.STRUCTURES) * (1 + len(calibration.AGE_BANDS))
+    ixi = reference["r2_age"]
+    assert ixi["hippocampus"] < 0.2 < ixi["ventricles"] < 0.7  # the real scans: hippocampus / brain barely ages
+    ventricles = table[(table["structure"] == "ventricles") & (table["measure"] == "cv_50_65")].iloc[0]
+    assert ventricles["reference"] > 30.0 and abs(ventricles["difference"]) < 25.0
+
+
+def test_a_folder_without_labels_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="participants.csv not found"):
+        calibration.read_labelled_cohort(tmp_path)
+    (tmp_path / "participants.csv").write_text("MRID,Age,Sex\nIXI001,30,F\n")
+    with pytest.raises(FileNotFoundError, match="no <MRID>_T1_DLMUSE.nii.gz"):
+        calibration.read_labelled_cohort(tmp_path)
+
+
+def test_the_data_chapter_realism_with_and_without_real_scans(small_cohort: Path, ixi_dir: Path) -> None:
+    from brainage_core.analysis.cohort import phantom_realism
+
+    truth = pd.read_csv(small_cohort / "ground_truth.csv")
+    alone = phantom_realism(truth, None)
+    assert list(alone.cohorts) == ["phantom"] and alone.comparison is None and alone.misses() == []
+    assert alone.compared().empty and alone.ridge_mae["phantom"] > 0
+    both = phantom_realism(truth, ixi_dir)
+    assert list(both.cohorts) == ["phantom", "IXI"] and both.comparison is not None
+    compared = both.compared()
+    assert compared[["phantom", "reference"]].notna().all().all()
+    assert len(both.misses()) == int((~compared["within"]).sum())
+    assert 5.0 < both.ridge_mae["IXI"] < 8.0  # ridge on six DLMUSE structure volumes, 5-fold
