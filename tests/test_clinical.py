@@ -18,7 +18,9 @@ import scipy.stats as st
 from brainage_core.analysis.clinical import (
     analysis_sample,
     clinical_report,
+    clinical_values,
     gap_by_group,
+    measured_and_latent_gaps,
     partial_spearman,
     plot_gap_by_group,
     plot_gap_vs_score,
@@ -215,6 +217,7 @@ def test_clinical_report_writes_tables_and_figures(tmp_path: Path) -> None:
         "gap_by_group.csv",
         "severity_associations.csv",
         "true_gap_recovery.json",
+        "true_gap_by_group.csv",
         "gap_by_group.png",
         "gap_vs_mmse.png",
         "gap_vs_cdr.png",
@@ -230,6 +233,26 @@ def test_clinical_report_writes_tables_and_figures(tmp_path: Path) -> None:
     recovery = json.loads((out / "true_gap_recovery.json").read_text())
     assert recovery["gap_corrected"]["overall"]["pearson_r"] > 0.8
     assert report["bias_correction"]["n"] == 80 and report["train_groups"] == ["CN"]
+    latent = pd.read_csv(out / "true_gap_by_group.csv").set_index("group")
+    assert latent.loc["AD", "difference"] == pytest.approx(8.0, abs=1.0)  # the simulated +8 y
+    assert latent.loc["PD", "difference"] == pytest.approx(2.0, abs=1.0)
+
+
+def test_measured_gaps_are_set_beside_the_latent_truth(tmp_path: Path) -> None:
+    """The table puts the model's measured difference from CN next to the same OLS on the latent
+    gap, so a model that doubles the truth is visible as such."""
+    predictions = synthetic_predictions()
+    predictions["predicted_age"] = predictions["age"] + 2.0 * predictions["true_gap"]  # reads twice the gap
+    report = clinical_report(_write_run(tmp_path / "run", predictions), method="beheshti")
+    table = measured_and_latent_gaps({"doubling": report})
+    assert list(table.index) == ["AD", "PD"] and list(table.columns) == ["doubling", "latent", "n"]
+    measured, latent = (float(table.loc["AD", column].split(" ")[0]) for column in ("doubling", "latent"))
+    assert measured == pytest.approx(2 * latent, rel=0.1)
+    values = clinical_values({"doubling": report}, reference="doubling")
+    assert values["AD_latent"] == pytest.approx(latent, abs=0.05)
+    assert values["truegap_r_AD_doubling"] > 0.9 and values["truegap_r_CN_doubling"] > 0.9
+    no_truth = clinical_report(_write_run(tmp_path / "plain", predictions.drop(columns="true_gap")), method="beheshti")
+    assert measured_and_latent_gaps({"m": no_truth}).empty
 
 
 def test_clinical_report_without_true_gap(tmp_path: Path) -> None:

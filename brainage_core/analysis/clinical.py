@@ -14,7 +14,8 @@ out of sample; a group listed in ``train_groups`` contributes its test rows only
   controlling for age and sex, and the OLS slope of ``gap ~ score + age + C(sex)``;
   Benjamini-Hochberg FDR over all scores tested.
 * :func:`true_gap_recovery`: on the synthetic cohort, how well the predicted gap recovers the
-  latent gap the images were generated with.
+  latent gap the images were generated with, overall and within each group;
+  :func:`measured_and_latent_gaps` sets each group's measured difference beside the latent one.
 
 :func:`clinical_report` runs all of them for a run folder, writes tables and figures and returns
 them; :func:`accuracy_table` and :func:`clinical_values` condense reports for display.
@@ -59,6 +60,7 @@ __all__ = [
     "clinical_report",
     "clinical_values",
     "gap_by_group",
+    "measured_and_latent_gaps",
     "partial_spearman",
     "plot_gap_by_group",
     "plot_gap_vs_score",
@@ -338,7 +340,9 @@ def clinical_report(
     ``method`` and ``controls_manifest``. Writes into ``out_dir`` (default ``RUN_DIR/clinical``):
     ``gap_by_group.csv``, ``severity_associations.csv``, ``gap_by_group.png``, one
     ``gap_vs_<score>.png`` per tested score, and ``true_gap_recovery.json`` (corrected and raw
-    gap) when the predictions have ``true_gap``. With ``n_boot``, it also runs
+    gap) and ``true_gap_by_group.csv`` (:func:`gap_by_group` of the latent gap on the same sample:
+    the truth the measured differences are set beside) when the predictions have ``true_gap``.
+    With ``n_boot``, it also runs
     :func:`~brainage_core.analysis.evaluation.evaluate_run` with that many bootstrap resamples (which
     writes ``RUN_DIR/metrics.json`` and ``RUN_DIR/predictions_corrected.csv``).
 
@@ -347,7 +351,7 @@ def clinical_report(
         ``formula``, ``predictions`` (the corrected predictions analysed), the tables
         ``gap_by_group`` and ``severity_associations`` (DataFrames, as written),
         ``true_gap_recovery`` (``{"gap_corrected": ..., "gap": ...}`` of
-        :func:`true_gap_recovery`, or ``None``) and ``evaluation`` (the report of ``evaluate_run``
+        :func:`true_gap_recovery`, or ``None``), ``true_gap_by_group`` (or ``None``) and ``evaluation`` (the report of ``evaluate_run``
         with ``n_boot``, else ``None``; :func:`accuracy_table` formats it).
     """
     run_dir = Path(run_dir)
@@ -366,12 +370,14 @@ def clinical_report(
     _write_csv(severity, out_dir / "severity_associations.csv")
     files = ["gap_by_group.csv", "severity_associations.csv"]
 
-    recovery = None
+    recovery = latent = None
     if "true_gap" in corrected.columns and corrected["true_gap"].notna().any():
         recovery = {column: true_gap_recovery(corrected, column, train_groups) for column in ("gap_corrected", "gap")}
-        claim(out_dir, ["true_gap_recovery.json"])
+        latent = gap_by_group(corrected, gap_column="true_gap", train_groups=train_groups)
+        claim(out_dir, ["true_gap_recovery.json", "true_gap_by_group.csv"])
         write_json(out_dir / "true_gap_recovery.json", recovery)
-        files.append("true_gap_recovery.json")
+        _write_csv(latent, out_dir / "true_gap_by_group.csv")
+        files += ["true_gap_recovery.json", "true_gap_by_group.csv"]
 
     _save_figure(plot_gap_by_group(corrected, train_groups=train_groups), out_dir / "gap_by_group.png")
     files.append("gap_by_group.png")
@@ -390,8 +396,39 @@ def clinical_report(
         "gap_by_group": groups,
         "severity_associations": severity,
         "true_gap_recovery": recovery,
+        "true_gap_by_group": latent,
         "evaluation": evaluation,
     }
+
+
+def measured_and_latent_gaps(reports: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Each patient group's measured gap difference from CN beside the latent (simulated) one.
+
+    Args:
+        reports: model name -> :func:`clinical_report` on a synthetic cohort (with ``true_gap``).
+
+    Returns:
+        One row per patient group (index ``group``): ``<model>`` ("difference [CI]" of the
+        corrected gap, years, per model), ``latent`` (the same OLS on ``true_gap``: the truth
+        the images were made with) and ``n``. Empty when no report has a latent gap.
+    """
+    columns: dict[str, pd.Series] = {}
+    latent: pd.DataFrame | None = None
+    for name, report in reports.items():
+        table = report["gap_by_group"].set_index("group").drop(index=HEALTHY_GROUP)
+        columns[name] = table.apply(_difference_text, axis=1)
+        if report.get("true_gap_by_group") is not None:
+            latent = report["true_gap_by_group"].set_index("group").drop(index=HEALTHY_GROUP)
+    if latent is None:
+        return pd.DataFrame()
+    out = pd.DataFrame(columns)
+    out["latent"] = latent.apply(_difference_text, axis=1)
+    out["n"] = latent["n"]
+    return out.rename_axis("group")
+
+
+def _difference_text(row: pd.Series) -> str:
+    return f"{row['difference']:+.1f} [{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]"
 
 
 def accuracy_table(evaluations: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
@@ -425,7 +462,9 @@ def clinical_values(reports: Mapping[str, Mapping[str, Any]], reference: str) ->
         (raw MAE; gap-age Spearman raw and corrected; with an evaluation), for each patient group
         ``<group>_gap_<name>``, ``<group>_lo_<name>``, ``<group>_hi_<name>``, ``<group>_d_<name>``
         (adjusted difference from CN, its 95% CI, Cohen's d) and ``truegap_r_<name>`` (Pearson r
-        of the corrected and the true gap, when known); for ``reference``: ``n_correction`` and
+        of the corrected and the true gap, when known, and ``truegap_r_<group>_<name>`` within
+        each group); ``<group>_latent`` (the latent gap's adjusted difference from CN, when
+        known); for ``reference``: ``n_correction`` and
         per severity score ``rho_<group>_<score>`` and ``pfdr_<group>_<score>``.
     """
     values: dict[str, Any] = {}
@@ -440,7 +479,14 @@ def clinical_values(reports: Mapping[str, Mapping[str, Any]], reference: str) ->
                 for key, column in (("gap", "difference"), ("lo", "ci_low"), ("hi", "ci_high"), ("d", "cohen_d")):
                     values[f"{row.group}_{key}_{name}"] = float(getattr(row, column))
         if report["true_gap_recovery"] is not None:
-            values[f"truegap_r_{name}"] = report["true_gap_recovery"]["gap_corrected"]["overall"]["pearson_r"]
+            recovery = report["true_gap_recovery"]["gap_corrected"]
+            values[f"truegap_r_{name}"] = recovery["overall"]["pearson_r"]
+            for group, within in recovery["by_group"].items():
+                values[f"truegap_r_{group}_{name}"] = within["pearson_r"]
+        if report.get("true_gap_by_group") is not None:
+            for row in report["true_gap_by_group"].itertuples():
+                if row.group != HEALTHY_GROUP:
+                    values[f"{row.group}_latent"] = float(row.difference)
     values["n_correction"] = reports[reference]["bias_correction"]["n"]
     for row in reports[reference]["severity_associations"].itertuples():
         values[f"rho_{row.group}_{row.score}"] = float(row.partial_spearman)
