@@ -8,6 +8,7 @@ naming the file, row or field; never a traceback), 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from brainage_core.cohorts.calibration import STRUCTURES
     from brainage_core.cohorts.synthetic import SynthConfig, generate_cohort
     from brainage_core.config import CohortConfig
 
@@ -55,6 +57,13 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     print(f"wrote {manifest}")
+    calibration = json.loads((manifest.parent / "cohort.json").read_text()).get("calibration")
+    if calibration:
+        rows = calibration["structures"]
+        structures = ", ".join(f"{name} {rows[name]['r2_age']:.2f}" for name in STRUCTURES if name in rows)
+        print(
+            f"realism ({calibration['n_controls']} controls, cohort.json 'calibration'): R2 of volume / total brain on age: {structures}"
+        )
     return 0
 
 

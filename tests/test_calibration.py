@@ -132,3 +132,14 @@ def test_the_data_chapter_realism_with_and_without_real_scans(small_cohort: Path
     assert compared[["phantom", "reference"]].notna().all().all()
     assert len(both.misses()) == int((~compared["within"]).sum())
     assert 5.0 < both.ridge_mae["IXI"] < 8.0  # ridge on six DLMUSE structure volumes, 5-fold
+
+
+def test_brainage_synth_prints_the_realism_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from brainage_core.cli import main
+
+    code = main(
+        ["synth", "--out", str(tmp_path / "c"), "--n-subjects", "16", "--spacing", "6", "--workers", "1", "--quiet"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "R2 of volume / total brain on age: ventricles" in out, out
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["calibration"]["n_controls"] >= 4
