@@ -89,13 +89,27 @@ def test_analysis_sample_is_cn_test_plus_all_patients(corrected: pd.DataFrame) -
 def test_gap_by_group_orders_ad_above_pd_above_cn(corrected: pd.DataFrame) -> None:
     table = gap_by_group(corrected).set_index("group")
     assert table.index.tolist() == ["CN", "AD", "PD"]
-    assert table.loc["CN", "n"] == N_CN_TEST and table.loc["AD", "n"] == 150
+    patients = corrected[corrected["group"] != "CN"]["age"]
+    cn_test = corrected[(corrected["group"] == "CN") & (corrected["split"] == "test")]["age"]
+    matched = int(cn_test.between(patients.min(), patients.max()).sum())
+    assert N_CN_TEST - 5 < table.loc["CN", "n"] == matched and table.loc["AD", "n"] == 150
     assert table.loc["AD", "difference"] > table.loc["PD", "difference"] > 0
     assert table.loc["AD", "ci_low"] > 0 and table.loc["AD", "p"] < 1e-6
     assert table.loc["AD", "ci_low"] < table.loc["AD", "difference"] < table.loc["AD", "ci_high"]
     assert table.loc["AD", "difference"] == pytest.approx(8, abs=1.5)
     assert table.loc["AD", "cohen_d"] > table.loc["PD", "cohen_d"] > 0
     assert np.isnan(table.loc["CN", "difference"])
+
+
+def test_gap_by_group_compares_patients_with_age_matched_controls(corrected: pd.DataFrame) -> None:
+    """Young controls with a large corrected gap (a residual nonlinear age bias) change nothing."""
+    young = corrected[(corrected["group"] == "CN") & (corrected["split"] == "test")].head(20).copy()
+    young["age"], young["gap_corrected"] = 25.0, 15.0
+    young["subject_id"] = young["subject_id"] + "-young"
+    with_young = gap_by_group(pd.concat([corrected, young], ignore_index=True)).set_index("group")
+    assert with_young.loc["AD", "difference"] == pytest.approx(
+        gap_by_group(corrected).set_index("group").loc["AD", "difference"]
+    )
 
 
 def test_gap_by_group_needs_patients(corrected: pd.DataFrame) -> None:

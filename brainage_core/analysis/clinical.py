@@ -112,13 +112,25 @@ def _cohen_d(values: np.ndarray, reference: np.ndarray) -> float:
     return float((np.mean(values) - np.mean(reference)) / pooled)
 
 
+def _age_matched(sample: pd.DataFrame) -> pd.DataFrame:
+    """Drop controls younger or older than every patient: a corrected gap keeps some nonlinear age
+    bias, which a linear age term cannot remove when controls span ages no patient has."""
+    patients = sample[sample["group"] != HEALTHY_GROUP]
+    if patients.empty:
+        return sample
+    low, high = patients["age"].min(), patients["age"].max()
+    return sample[(sample["group"] != HEALTHY_GROUP) | sample["age"].between(low, high)]
+
+
 def gap_by_group(
     predictions: pd.DataFrame, gap_column: str = "gap_corrected", train_groups: Sequence[str] = (HEALTHY_GROUP,)
 ) -> pd.DataFrame:
     """Brain-age gap of each group against CN, adjusted for age and sex.
 
     Fits ``gap ~ C(group, Treatment('CN')) + age + C(sex)`` by OLS on :func:`analysis_sample`
-    (rows missing the gap, age or sex are dropped).
+    (rows missing the gap, age or sex are dropped), with the controls restricted to the patients'
+    age range (age-matched: controls younger than every patient carry a different residual age
+    bias).
 
     Args:
         predictions: output of :func:`brainage_core.analysis.metrics.corrected_predictions`.
@@ -134,7 +146,7 @@ def gap_by_group(
         ValueError: no CN test rows or no patient rows.
     """
     sample = analysis_sample(predictions, train_groups)[["group", "age", "sex", gap_column]].dropna()
-    sample = sample.rename(columns={gap_column: "gap"})
+    sample = _age_matched(sample.rename(columns={gap_column: "gap"}))
     order = _group_order(sample["group"])
     if HEALTHY_GROUP not in order or len(order) < 2:
         raise ValueError(
