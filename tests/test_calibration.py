@@ -143,3 +143,39 @@ def test_brainage_synth_prints_the_realism_numbers(tmp_path: Path, capsys: pytes
     out = capsys.readouterr().out
     assert code == 0 and "R2 of volume / total brain on age: ventricles" in out, out
     assert json.loads((tmp_path / "c" / "cohort.json").read_text())["calibration"]["n_controls"] >= 4
+
+
+def test_a_volume_model_trained_on_controls_measures_the_patients_gap() -> None:
+    """Volumes that follow biological age exactly: the measured difference is the latent one."""
+    from brainage_core.analysis.clinical import gap_by_group
+    from brainage_core.analysis.metrics import corrected_predictions
+
+    rng = np.random.default_rng(0)
+    n = 400
+    group = rng.choice(["CN", "CN", "AD"], n)
+    truth = pd.DataFrame(
+        {
+            "subject_id": [f"s{i}" for i in range(n)],
+            "group": group,
+            "split": rng.choice(["train", "val", "test"], n, p=[0.6, 0.2, 0.2]),
+            "age": rng.uniform(40, 90, n),
+            "sex": rng.choice(["F", "M"], n),
+            "true_gap": np.where(group == "AD", 6.0, 0.0) + rng.normal(0, 2, n),
+        }
+    )
+    biological = truth["age"] + truth["true_gap"]
+    truth["gm_ml"] = 900 - 3 * biological + rng.normal(0, 1, n)
+    truth["csf_ml"] = 100 + 2 * biological + rng.normal(0, 1, n)
+    predictions = calibration.volume_model_predictions(truth)
+    assert predictions["predicted_age"].notna().all()
+    corrected = corrected_predictions(predictions, method="cole")
+    measured = gap_by_group(corrected).set_index("group").loc["AD", "difference"]
+    latent = gap_by_group(corrected, gap_column="true_gap").set_index("group").loc["AD", "difference"]
+    assert measured == pytest.approx(latent, abs=1.0) and latent == pytest.approx(6.0, abs=1.0)
+    from brainage_core.analysis.cohort import volume_model_gaps
+
+    table = volume_model_gaps(truth)  # the data chapter's table: the same numbers
+    assert list(table.index) == ["AD"] and table.loc["AD", "measured"] == pytest.approx(measured)
+    assert table.loc["AD", "latent"] == pytest.approx(latent)
+    with pytest.raises(ValueError, match="at least 10 healthy training subjects"):
+        calibration.volume_model_predictions(truth[truth["group"] == "AD"])

@@ -37,6 +37,7 @@ __all__ = [
     "read_ground_truth",
     "relative_tissue_volumes",
     "ventricle_excess",
+    "volume_model_gaps",
 ]
 
 GROUND_TRUTH_FILE = "ground_truth.csv"
@@ -329,3 +330,27 @@ def phantom_realism(truth: pd.DataFrame | None, reference_dir: str | os.PathLike
     both = "phantom" in tables and "IXI" in tables
     comparison = calibration.compare_calibration(tables["phantom"], tables["IXI"]) if both else None
     return Realism(cohorts=cohorts, tables=tables, ridge_mae=ridge, comparison=comparison)
+
+
+def volume_model_gaps(truth: pd.DataFrame) -> pd.DataFrame:
+    """What a model trained on controls measures in the phantom's patients, beside the truth.
+
+    The reference of the phantom's disease calibration: ridge regression on the true volumes,
+    trained on the healthy training split
+    (:func:`~brainage_core.cohorts.calibration.volume_model_predictions`), Cole's age-bias
+    correction fitted on healthy validation subjects, and the clinical chapter's OLS
+    (:func:`~brainage_core.analysis.clinical.gap_by_group`, age-matched controls) on the measured
+    and on the latent gap.
+
+    Returns:
+        One row per patient group (index ``group``): ``measured``, ``ci_low``, ``ci_high`` (95 %),
+        ``latent`` (the same OLS on ``true_gap``), ``n``.
+    """
+    from brainage_core.analysis.clinical import gap_by_group
+    from brainage_core.analysis.metrics import corrected_predictions
+
+    corrected = corrected_predictions(calibration.volume_model_predictions(truth), method="cole")
+    measured = gap_by_group(corrected).set_index("group").drop(index=_CONTROLS)
+    latent = gap_by_group(corrected, gap_column="true_gap").set_index("group").drop(index=_CONTROLS)
+    table = measured[["difference", "ci_low", "ci_high", "n"]].rename(columns={"difference": "measured"})
+    return table.assign(latent=latent["difference"])[["measured", "ci_low", "ci_high", "latent", "n"]]

@@ -11,7 +11,10 @@ phantom can be set side by side with real scans:
 - how much subjects of the same age differ: the coefficient of variation of
   ``volume / total brain`` within 15-year age bands;
 - how well ridge regression on the structure volumes predicts age (:func:`volume_ridge_mae`,
-  5-fold cross-validation).
+  5-fold cross-validation);
+- what a model trained on controls measures in the patients (:func:`volume_model_predictions`,
+  ridge on the true volumes): the reference for the phantom's disease parameters, whose latent
+  gaps are set so that the measured gaps fall in the published ranges.
 
 :func:`compare_calibration` puts two cohorts' tables side by side with the targets of the
 phantom's calibration (R2 within :data:`R2_TOLERANCE`, band CV within
@@ -49,6 +52,7 @@ __all__ = [
     "phantom_structure_volumes",
     "read_labelled_cohort",
     "region_volumes",
+    "volume_model_predictions",
     "volume_ridge_mae",
 ]
 
@@ -57,7 +61,8 @@ AGE_BANDS: tuple[tuple[float, float], ...] = ((20.0, 35.0), (35.0, 50.0), (50.0,
 CALIBRATION_AGE_RANGE: tuple[float, float] = (20.0, 80.0)  # ages both the phantom and IXI cover
 R2_TOLERANCE = 0.10  # phantom R2 within this of the real cohort's
 CV_TOLERANCE_PP = 10.0  # phantom band CV within this many percentage points of the real cohort's
-MIN_BAND_SUBJECTS = 8  # bands with fewer subjects get no CV
+MIN_BAND_SUBJECTS = 8
+SCORES: tuple[str, ...] = ("mmse", "cdr", "updrs3", "hoehn_yahr")  # bands with fewer subjects get no CV
 
 # DLMUSE label numbers (NiChart's muse_dict.csv) of each structure. GM is every other label but
 # the brainstem (35), as in MUSE's GM composite; total brain is GM + WM.
@@ -284,3 +289,29 @@ def cohort_calibration(
     if int(keep.sum()) < 4:
         return None
     return calibration_table(volumes[keep.to_numpy()], ages[keep])
+
+
+def volume_model_predictions(truth: pd.DataFrame) -> pd.DataFrame:
+    """Brain ages of every subject from a ridge model on the true tissue volumes, fitted on controls.
+
+    The disease calibration's reference model: trained on the healthy ``train`` split of a
+    synthetic cohort's ground truth (its ``*_ml`` volumes), so that every patient and every
+    healthy ``val``/``test`` subject is predicted out of sample, as in the book's runs.
+
+    Args:
+        truth: ``ground_truth.csv`` (``subject_id``, ``group``, ``split``, ``age``, ``sex``,
+            ``true_gap``, scores and ``*_ml`` volumes).
+
+    Returns:
+        The columns of a run's ``predictions.csv`` (``subject_id``, ``group``, ``split``, ``age``,
+        ``sex``, ``predicted_age``, ``true_gap`` and the scores), ready for
+        :func:`brainage_core.analysis.metrics.corrected_predictions`.
+    """
+    features = truth[[column for column in truth.columns if column.endswith("_ml")]].to_numpy(dtype=np.float64)
+    train = ((truth["group"] == "CN") & (truth["split"] == "train")).to_numpy()
+    if train.sum() < 10:
+        raise ValueError(f"the volume model needs at least 10 healthy training subjects, found {int(train.sum())}")
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29)))
+    model.fit(features[train], truth["age"].to_numpy()[train])
+    keep = [c for c in ("subject_id", "group", "split", "age", "sex", "true_gap", *SCORES) if c in truth.columns]
+    return truth[keep].assign(predicted_age=model.predict(features), image="")
