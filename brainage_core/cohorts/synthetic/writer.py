@@ -47,7 +47,7 @@ from brainage_core.ownership import claim, refuse_foreign_files, remove_owned, r
 
 __all__ = ["EFFECT_SLOPE", "FORMAT_VERSION", "cohort_subjects", "generate_cohort", "write_age_derivatives"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: individual anatomy, regional aging, calibrated disease (cohorts of 1 are regenerated)
 EFFECT_SLOPE = 1.0 / 250.0  # effect map stored as uint8 * slope (relative to WM intensity)
 GZIP_LEVEL = 6
 _SUBJECT_DIRS = {
