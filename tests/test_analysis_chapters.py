@@ -75,14 +75,6 @@ def test_verdict_values_quote_the_differences_table() -> None:
     assert values["seed_spread"].startswith("RNC SD 0.71 y (range 2.00-3.00, 2 runs)")
 
 
-def test_build_comparison_pairs_the_methods_both_builds_have() -> None:
-    table = method_differences(hand_errors(), "rnc", n_boot=100)
-    now = table.set_index("method")["mae"]
-    sentence = compare.build_comparison(table, {"rnc": 6.02, "ntxent": 13.09, "mse": 8.25})
-    assert sentence == f"RNC 6.02 and {now['rnc']:.2f} y, MSE 8.25 and {now['mse']:.2f} y"
-    assert compare.build_comparison(table, {"supcon": 1.0}) == "no method in common"
-
-
 def test_training_values_name_the_runs_still_improving() -> None:
     runs = hand_runs().assign(
         passes_per_epoch=[100, 100, 100], best_epoch=[5, 9, 12], last_epoch=[11, 15, 12], max_epochs=30

@@ -33,7 +33,6 @@ from brainage_core.rundir import load_model, read_config, read_history, read_pre
 
 __all__ = [
     "analyse_features",
-    "build_comparison",
     "collect_runs",
     "errors_by_age_band",
     "feature_continuity",
@@ -248,21 +247,6 @@ def verdict_values(
         or "not measured (one run per method)",
         **{f"verdict_{method.replace('+', '_')}": sentence for method, sentence in sentences.items()},
     }
-
-
-def build_comparison(table: pd.DataFrame, earlier: Mapping[str, float]) -> str:
-    """Each method's test MAE in an earlier build beside this one's, for the methods both have.
-
-    Args:
-        table: :func:`~brainage_core.analysis.method_tests.method_differences`' table (``method``, ``mae``).
-        earlier: method -> test MAE of the earlier build.
-
-    Returns:
-        E.g. ``"RNC 6.02 and 6.10 y, MSE 8.25 and 7.90 y"``; ``"no method in common"`` if none.
-    """
-    now = table.set_index("method")["mae"]
-    pairs = [f"{method.upper()} {mae:.2f} and {now[method]:.2f} y" for method, mae in earlier.items() if method in now]
-    return ", ".join(pairs) or "no method in common"
 
 
 def recipe_table(recipe: pd.DataFrame) -> pd.DataFrame:
