@@ -275,7 +275,7 @@ def recipe_values(table: pd.DataFrame) -> dict[str, str]:
     Returns:
         ``recipe_sentence``: for each choice, the setting with the lowest mean validation MAE,
         the tuned setting's, and whether the gap exceeds the larger seed SD of the two (else
-        "within the seed spread").
+        "within the seed spread"; with one seed per setting, that no spread was measured).
     """
     parts = []
     for choice, rows in table.groupby("choice", sort=False):
@@ -285,8 +285,11 @@ def recipe_values(table: pd.DataFrame) -> dict[str, str]:
             parts.append(f"{choice}: the tuned {tuned['setting']} is best ({tuned['val_mae']:.2f} y)")
             continue
         gap = tuned["val_mae"] - best["val_mae"]
-        spread = np.nanmax([best["val_mae_sd"], tuned["val_mae_sd"]]) if rows["runs"].max() > 1 else np.nan
-        clear = "within the seed spread" if not gap > spread else f"beyond the seed SD of {spread:.2f} y"
+        if rows["runs"].max() < 2:
+            clear = "one seed each: no spread measured"
+        else:
+            spread = np.nanmax([best["val_mae_sd"], tuned["val_mae_sd"]])
+            clear = "within the seed spread" if not gap > spread else f"beyond the seed SD of {spread:.2f} y"
         parts.append(
             f"{choice}: {best['setting']} is best ({best['val_mae']:.2f} y), {gap:.2f} y below the tuned "
             f"{tuned['setting']} ({clear})"
