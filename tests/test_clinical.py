@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -110,6 +111,16 @@ def test_gap_by_group_compares_patients_with_age_matched_controls(corrected: pd.
     assert with_young.loc["AD", "difference"] == pytest.approx(
         gap_by_group(corrected).set_index("group").loc["AD", "difference"]
     )
+
+
+def test_gap_by_group_with_a_single_age_matched_control_warns_nothing(corrected: pd.DataFrame) -> None:
+    """A tiny cohort (the smoke book) may keep one control: no numpy warning reaches the page."""
+    patients = corrected[corrected["group"] != "CN"]
+    control = corrected[(corrected["group"] == "CN") & (corrected["split"] == "test")].head(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = gap_by_group(pd.concat([control, patients], ignore_index=True)).set_index("group")
+    assert table.loc["CN", "n"] == 1 and np.isfinite(table.loc["AD", "cohen_d"])
 
 
 def test_gap_by_group_needs_patients(corrected: pd.DataFrame) -> None:

@@ -106,10 +106,14 @@ def _group_order(groups: pd.Series) -> list[str]:
 
 
 def _cohen_d(values: np.ndarray, reference: np.ndarray) -> float:
-    """Cohen's d of ``values`` against ``reference`` with the pooled standard deviation."""
+    """Cohen's d of ``values`` against ``reference`` with the pooled standard deviation (NaN
+    without two degrees of freedom, e.g. a single age-matched control)."""
     n1, n2 = len(values), len(reference)
-    pooled = np.sqrt(((n1 - 1) * np.var(values, ddof=1) + (n2 - 1) * np.var(reference, ddof=1)) / (n1 + n2 - 2))
-    return float((np.mean(values) - np.mean(reference)) / pooled)
+    if n1 == 0 or n2 == 0 or n1 + n2 < 3:
+        return float("nan")
+    squares = float(((values - values.mean()) ** 2).sum() + ((reference - reference.mean()) ** 2).sum())
+    pooled = np.sqrt(squares / (n1 + n2 - 2))
+    return float((values.mean() - reference.mean()) / pooled) if pooled > 0 else float("nan")
 
 
 def _age_matched(sample: pd.DataFrame) -> pd.DataFrame:
