@@ -30,6 +30,7 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "PREPARATION_COLUMN",
     "REQUIRED_COLUMNS",
+    "SCORE_COLUMNS",
     "SCORE_RANGES",
     "ManifestError",
     "ManifestProblem",
@@ -68,6 +69,7 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {
     "updrs3": (0.0, 132.0),  # MDS-UPDRS part III (motor examination)
     "hoehn_yahr": (0.0, 5.0),  # Hoehn & Yahr stage
 }
+SCORE_COLUMNS: tuple[str, ...] = ("mmse", "cdr", "updrs3", "hoehn_yahr")  # the clinical scores a manifest may hold
 CDR_VALUES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)  # Clinical Dementia Rating (global)
 PATH_COLUMNS: tuple[str, ...] = ("image", "mask", "effect_map", "labels")
 IMAGE_CHECKS: tuple[str, ...] = ("none", "exists", "header", "data")

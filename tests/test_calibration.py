@@ -97,13 +97,13 @@ def test_the_phantom_reports_its_calibration_and_has_individual_anatomy(small_co
 
 def test_side_by_side_with_the_ixi_scans(small_cohort: Path, ixi_dir: Path) -> None:
     """The data chapter's table on a small phantom: every structure and measure, both cohorts."""
+    from brainage_core.analysis.cohort import phantom_realism
+
     real = calibration.read_labelled_cohort(ixi_dir)
     assert len(real) == 145  # the subjects with an age and a label image
-    reference = calibration.cohort_calibration(real, real["age"])
-    truth = pd.read_csv(small_cohort / "ground_truth.csv").set_index("subject_id")
-    phantom = calibration.cohort_calibration(calibration.phantom_structure_volumes(truth), truth["age"], truth["group"])
-    assert reference is not None and phantom is not None
-    table = calibration.compare_calibration(phantom, reference)
+    realism = phantom_realism(pd.read_csv(small_cohort / "ground_truth.csv"), ixi_dir)
+    reference, table = realism.tables["IXI"], realism.comparison
+    assert table is not None and "phantom" in realism.tables
     assert len(table) == len(calibration.STRUCTURES) * (1 + len(calibration.AGE_BANDS))
     ixi = reference["r2_age"]
     assert ixi["hippocampus"] < 0.2 < ixi["ventricles"] < 0.7  # the real scans: hippocampus / brain barely ages

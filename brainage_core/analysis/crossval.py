@@ -20,9 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from brainage_core.analysis.method_tests import method_differences
 from brainage_core.analysis.metrics import (
@@ -32,7 +29,7 @@ from brainage_core.analysis.metrics import (
     healthy_test_rows,
     metrics_with_ci,
 )
-from brainage_core.cohorts.calibration import region_volumes
+from brainage_core.cohorts.calibration import region_volumes, volume_ridge
 from brainage_core.config import RunConfig
 from brainage_core.data import assign_splits, training_subset
 from brainage_core.fileio import atomic_path
@@ -194,9 +191,7 @@ def baseline_cv_predictions(
             positions = np.flatnonzero(train)
             train = np.zeros_like(train)
             train[positions[training_subset(ages.to_numpy()[positions], train_subjects)]] = True
-        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29))).fit(
-            features[train], ages[train]
-        )
+        model = volume_ridge().fit(features[train], ages[train])
         for method, predicted in (
             ("ridge_regions", model.predict(features[test])),
             ("mean", np.full(test.sum(), ages[train].mean())),

@@ -34,8 +34,10 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import RidgeCV
 from sklearn.model_selection import KFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from brainage_core.manifest import SCORE_COLUMNS
 
 __all__ = [
     "AGE_BANDS",
@@ -46,13 +48,13 @@ __all__ = [
     "STRUCTURES",
     "calibration_subjects",
     "calibration_table",
-    "cohort_calibration",
     "compare_calibration",
     "dlmuse_structure_volumes",
     "phantom_structure_volumes",
     "read_labelled_cohort",
     "region_volumes",
     "volume_model_predictions",
+    "volume_ridge",
     "volume_ridge_mae",
 ]
 
@@ -61,8 +63,7 @@ AGE_BANDS: tuple[tuple[float, float], ...] = ((20.0, 35.0), (35.0, 50.0), (50.0,
 CALIBRATION_AGE_RANGE: tuple[float, float] = (20.0, 80.0)  # ages both the phantom and IXI cover
 R2_TOLERANCE = 0.10  # phantom R2 within this of the real cohort's
 CV_TOLERANCE_PP = 10.0  # phantom band CV within this many percentage points of the real cohort's
-MIN_BAND_SUBJECTS = 8
-SCORES: tuple[str, ...] = ("mmse", "cdr", "updrs3", "hoehn_yahr")  # bands with fewer subjects get no CV
+MIN_BAND_SUBJECTS = 8  # bands with fewer subjects get no CV
 
 # DLMUSE label numbers (NiChart's muse_dict.csv) of each structure. GM is every other label but
 # the brainstem (35), as in MUSE's GM composite; total brain is GM + WM.
@@ -246,14 +247,19 @@ def compare_calibration(phantom: pd.DataFrame, reference: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows)
 
 
+def volume_ridge() -> Pipeline:
+    """The ridge baseline on volumes: standardised features, the penalty chosen by leave-one-out
+    within the training data (scikit-learn ``RidgeCV``); shared with the real-data chapter."""
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29)))
+
+
 def volume_ridge_mae(features: pd.DataFrame, ages: pd.Series | np.ndarray, folds: int = 5, seed: int = 0) -> float:
     """Mean absolute error (years) of ridge regression on volumes, by ``folds``-fold cross-validation.
 
-    Standardised features; the penalty is chosen by leave-one-out within each training part
-    (scikit-learn ``RidgeCV``), as the real-data chapter's ridge baseline.
+    The model is :func:`volume_ridge`, the real-data chapter's ridge baseline.
     """
     age = np.asarray(ages, dtype=np.float64)
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29)))
+    model = volume_ridge()
     splitter = KFold(folds, shuffle=True, random_state=seed)
     predicted = cross_val_predict(model, features.to_numpy(dtype=np.float64), age, cv=splitter)
     return float(np.mean(np.abs(predicted - age)))
@@ -265,30 +271,6 @@ def calibration_subjects(
     """Boolean mask of the healthy (``CN``; all when ``groups`` is ``None``) subjects within ``age_range``."""
     keep = (ages >= age_range[0]) & (ages < age_range[1])
     return keep & (groups == "CN") if groups is not None else keep
-
-
-def cohort_calibration(
-    volumes: pd.DataFrame,
-    ages: pd.Series,
-    groups: pd.Series | None = None,
-    age_range: tuple[float, float] = CALIBRATION_AGE_RANGE,
-) -> pd.DataFrame | None:
-    """:func:`calibration_table` of a cohort's healthy subjects within ``age_range``.
-
-    Args:
-        volumes: structure volumes (:func:`phantom_structure_volumes` or
-            :func:`dlmuse_structure_volumes`), one row per subject.
-        ages: aligned with ``volumes``.
-        groups: diagnostic group per subject (only ``CN`` rows are kept); ``None``: all healthy.
-        age_range: ``[low, high)`` ages kept (both cohorts' common range, for comparable R2).
-
-    Returns:
-        The table, or ``None`` with fewer than 4 such subjects.
-    """
-    keep = calibration_subjects(ages, groups, age_range)
-    if int(keep.sum()) < 4:
-        return None
-    return calibration_table(volumes[keep.to_numpy()], ages[keep])
 
 
 def volume_model_predictions(truth: pd.DataFrame) -> pd.DataFrame:
@@ -311,7 +293,6 @@ def volume_model_predictions(truth: pd.DataFrame) -> pd.DataFrame:
     train = ((truth["group"] == "CN") & (truth["split"] == "train")).to_numpy()
     if train.sum() < 10:
         raise ValueError(f"the volume model needs at least 10 healthy training subjects, found {int(train.sum())}")
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 5, 29)))
-    model.fit(features[train], truth["age"].to_numpy()[train])
-    keep = [c for c in ("subject_id", "group", "split", "age", "sex", "true_gap", *SCORES) if c in truth.columns]
+    model = volume_ridge().fit(features[train], truth["age"].to_numpy()[train])
+    keep = [c for c in ("subject_id", "group", "split", "age", "sex", "true_gap", *SCORE_COLUMNS) if c in truth.columns]
     return truth[keep].assign(predicted_age=model.predict(features), image="")

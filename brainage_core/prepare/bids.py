@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from brainage_core.fileio import atomic_path
-from brainage_core.manifest import KNOWN_GROUPS
+from brainage_core.manifest import KNOWN_GROUPS, SCORE_COLUMNS
 
 __all__ = ["SPACE", "BidsError", "BidsInput", "derivative_paths", "read_bids", "write_dataset_description"]
 
 SPACE = "MNI152NLin2009aSym"  # the ICBM152 2009a symmetric template of load_registration_template
-SCORES = ("mmse", "cdr", "updrs3", "hoehn_yahr")
 SEX_NAMES = {"m": "M", "male": "M", "f": "F", "female": "F"}
 MISSING = ("", "n/a", "na", "nan")
 T1W_NAME = re.compile(r"^(?P<stem>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)_T1w\.nii(?:\.gz)?$")
@@ -109,7 +108,7 @@ def _read_participants(path: Path, problems: list[str]) -> dict[str, dict[str, o
             problems.append(f"{where}: unknown group {group!r} (use {', '.join(KNOWN_GROUPS)}); left out")
         else:
             entry: dict[str, object] = {"age": age, "sex": sex, "group": group, "_where": where}
-            entry.update({column: row[column] for column in (*SCORES, "site") if not _missing(row.get(column))})
+            entry.update({column: row[column] for column in (*SCORE_COLUMNS, "site") if not _missing(row.get(column))})
             table[subject] = entry
     return table
 

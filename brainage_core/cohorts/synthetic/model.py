@@ -178,9 +178,8 @@ def prepare_model(spacing: float = 2.0, config: SynthConfig | None = None) -> Sy
     maps["temporoparietal"] = np.maximum.reduce([regions[name] for name in ("temporal", "parietal", "precuneus")])
     for name in ("putamen", "caudate", "frontal", "temporal"):
         maps[name] = regions[name]
-    # MNI y: +1 at the frontal pole, -1 occipital; thinning is 1 + gm_frontal_gradient * this.
+    # MNI y: +1 at the frontal pole, -1 occipital; thinning is 1 + gm_frontal_gradient * frontal rate * this.
     maps["frontal_axis"] = np.clip(world[1] / 70.0, -1.0, 1.0).astype(np.float32)
-    maps["thinning_gradient"] = (1.0 + config.aging.gm_frontal_gradient * maps["frontal_axis"]).astype(np.float32)
     distance = template["ventricle_distance"][crop]
     maps["wmh_propensity"] = (maps["wm"] * np.exp(-distance / WMH_DECAY_MM)).astype(np.float32)
     wmh_candidates = np.flatnonzero((maps["wm"] > 0.3) & (distance < 3.0 * WMH_DECAY_MM))
@@ -193,7 +192,8 @@ def prepare_model(spacing: float = 2.0, config: SynthConfig | None = None) -> Sy
     # Tables are computed on the voxels holding GM (1-D views), all others never change.
     active = maps["gm"] > 1e-4
     g, w, sulcal = maps["gm"][active], maps["wm"][active], maps["csf_sulcal"][active]
-    pial, wm_depth, gradient = maps["pial_depth"][active], maps["wm_depth"][active], maps["thinning_gradient"][active]
+    pial, wm_depth = maps["pial_depth"][active], maps["wm_depth"][active]
+    gradient = 1.0 + config.aging.gm_frontal_gradient * maps["frontal_axis"][active]  # the population's
     width, gm_total, wm_total = 0.5 * spacing, float(g.sum()), float(maps["wm"].sum())
 
     def regional_loss(region: np.ndarray) -> Any:
@@ -291,8 +291,9 @@ def field_at(field: np.ndarray, index: np.ndarray, model: SynthModel) -> np.ndar
 def aging_targets(subject: SubjectParams, config: SynthConfig) -> dict[str, float]:
     """The volume changes one subject's biological age, own rates, anatomy and disease call for.
 
-    Each aging process's population trajectory is scaled by the subject's rate for it
-    (:meth:`SubjectParams.rate`); the individual anatomy adds age-independent offsets.
+    Each aging process's population trajectory is scaled by the subject's rate for it,
+    ``exp(sd * rate_z[process])`` (``aging.ventricle_rate_sd`` for the ventricles, else
+    ``aging.rate_sd``); the individual anatomy adds age-independent offsets.
 
     Returns:
         ``gm_loss`` (fraction of template GM, before disease; the cortex's own loss plus the
@@ -310,7 +311,8 @@ def aging_targets(subject: SubjectParams, config: SynthConfig) -> dict[str, floa
     years = age - aging.reference_age
 
     def rate(process: str) -> float:
-        return subject.rate(process, aging.ventricle_rate_sd if process == "ventricles" else aging.rate_sd)
+        sd = aging.ventricle_rate_sd if process == "ventricles" else aging.rate_sd
+        return math.exp(sd * subject.rate_z[process])
 
     def after(onset: float) -> float:
         return max(age - onset, 0.0)

@@ -77,10 +77,6 @@ class SubjectParams:
     rate_z: dict[str, float] = field(default_factory=lambda: dict.fromkeys(AGING_PROCESSES, 0.0))
     pattern_z: dict[str, float] = field(default_factory=lambda: dict.fromkeys(AD_COMPONENTS, 0.0))
 
-    def rate(self, process: str, sd: float) -> float:
-        """The subject's rate multiplier of one aging process, ``exp(sd * z)``."""
-        return math.exp(sd * self.rate_z[process])
-
     @property
     def biological_age(self) -> float:
         """Chronological age + gap: the age that drives the simulated aging."""

@@ -3,7 +3,7 @@
 Files: ``images/sub-XXXX_T1w.nii.gz`` (int16, WM about 1000), ``masks/sub-XXXX_mask.nii.gz``,
 ``effects/sub-XXXX_effect.nii.gz`` (uint8 with slope 1/250: |change| relative to WM intensity),
 ``ground_truth.csv``, ``cohort.json`` (the request, group counts and the phantom's calibration
-numbers, :func:`brainage_core.cohorts.calibration.cohort_calibration`), and last ``manifest.csv``. A rerun into the same folder
+numbers, :func:`brainage_core.cohorts.calibration.calibration_table`), and last ``manifest.csv``. A rerun into the same folder
 returns the existing cohort when its ``cohort.json`` and manifest match the request, regenerates
 a folder that only holds files brainage wrote otherwise (deleting its manifest first), and
 refuses a folder holding anything else, anywhere below it. Every file is recorded in
@@ -31,7 +31,7 @@ from brainage_core import __version__
 from brainage_core.cohorts.calibration import (
     CALIBRATION_AGE_RANGE,
     calibration_subjects,
-    cohort_calibration,
+    calibration_table,
     phantom_structure_volumes,
     volume_ridge_mae,
 )
@@ -276,10 +276,10 @@ def _calibration_summary(truth: pd.DataFrame) -> dict[str, Any] | None:
     the true tissue volumes. ``None`` for a cohort with too few controls.
     """
     truth = truth.set_index("subject_id")
-    table = cohort_calibration(phantom_structure_volumes(truth), truth["age"], truth["group"])
-    if table is None:
-        return None
     controls = truth[calibration_subjects(truth["age"], truth["group"])]
+    if len(controls) < 4:
+        return None
+    table = calibration_table(phantom_structure_volumes(controls), controls["age"])
     volumes = controls[[column for column in controls.columns if column.endswith("_ml")]]
     rounded = table.drop(columns="n").round(4)
     summary: dict[str, Any] = {
