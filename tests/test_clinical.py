@@ -216,9 +216,14 @@ def test_true_gap_recovery(corrected: pd.DataFrame) -> None:
 
 
 def test_plots_return_axes_with_group_sizes(corrected: pd.DataFrame) -> None:
-    ax = plot_gap_by_group(corrected)
+    """The box plot draws the sample gap_by_group compares: controls in the patients' age range."""
+    compared = gap_by_group(corrected).set_index("group")["n"]
+    assert 0 < compared["CN"] <= N_CN_TEST
+    young = corrected[(corrected["group"] == "CN") & (corrected["split"] == "test")].head(20).copy()
+    young["age"], young["subject_id"] = 5.0, young["subject_id"] + "-young"
+    ax = plot_gap_by_group(pd.concat([corrected, young], ignore_index=True))
     labels = [label.get_text() for label in ax.get_xticklabels()]
-    assert labels == [f"CN\n(n={N_CN_TEST})", "AD\n(n=150)", "PD\n(n=150)"]
+    assert labels == [f"CN\n(n={compared['CN']})", "AD\n(n=150)", "PD\n(n=150)"]
     plt.close(ax.figure)
     ax = plot_gap_vs_score(corrected, "AD", "cdr")
     assert ax.get_title() == "AD (n=150)" and ax.get_xlabel() == "CDR (global)"

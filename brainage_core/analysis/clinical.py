@@ -267,8 +267,9 @@ def plot_gap_by_group(
     train_groups: Sequence[str] = (HEALTHY_GROUP,),
     ax: Axes | None = None,
 ) -> Axes:
-    """Box and strip plot of the gap per group on :func:`analysis_sample`, with each group's n."""
-    sample = analysis_sample(predictions, train_groups).dropna(subset=[gap_column])
+    """Box and strip plot of the gap per group, with each group's n: the sample :func:`gap_by_group`
+    compares (:func:`analysis_sample`, controls restricted to the patients' age range)."""
+    sample = _age_matched(analysis_sample(predictions, train_groups).dropna(subset=["group", "age", "sex", gap_column]))
     order = _group_order(sample["group"])
     if ax is None:
         _, ax = plt.subplots(figsize=(2 + 1.4 * len(order), 4))
