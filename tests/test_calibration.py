@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brainage_core.analysis.cohort import phantom_realism
 from brainage_core.cohorts import calibration
 from brainage_core.cohorts import synthetic as synth
 from brainage_core.cohorts.synthetic import SynthConfig
@@ -97,8 +98,6 @@ def test_the_phantom_reports_its_calibration_and_has_individual_anatomy(small_co
 
 def test_side_by_side_with_the_ixi_scans(small_cohort: Path, ixi_dir: Path) -> None:
     """The data chapter's table on a small phantom: every structure and measure, both cohorts."""
-    from brainage_core.analysis.cohort import phantom_realism
-
     real = calibration.read_labelled_cohort(ixi_dir)
     assert len(real) == 145  # the subjects with an age and a label image
     realism = phantom_realism(pd.read_csv(small_cohort / "ground_truth.csv"), ixi_dir)

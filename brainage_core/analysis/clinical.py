@@ -116,9 +116,12 @@ def _cohen_d(values: np.ndarray, reference: np.ndarray) -> float:
     return float((values.mean() - reference.mean()) / pooled) if pooled > 0 else float("nan")
 
 
-def _age_matched(sample: pd.DataFrame) -> pd.DataFrame:
-    """Drop controls younger or older than every patient: a corrected gap keeps some nonlinear age
-    bias, which a linear age term cannot remove when controls span ages no patient has."""
+def _group_comparison_sample(predictions: pd.DataFrame, gap_column: str, train_groups: Sequence[str]) -> pd.DataFrame:
+    """The rows groups are compared on: :func:`analysis_sample` rows with a group, age, sex and gap
+    (only those columns), controls outside the patients' age range dropped. A corrected gap keeps
+    some nonlinear age bias, which a linear age term cannot remove when controls span ages no
+    patient has."""
+    sample = analysis_sample(predictions, train_groups)[["group", "age", "sex", gap_column]].dropna()
     patients = sample[sample["group"] != HEALTHY_GROUP]
     if patients.empty:
         return sample
@@ -149,8 +152,7 @@ def gap_by_group(
     Raises:
         ValueError: no CN test rows or no patient rows.
     """
-    sample = analysis_sample(predictions, train_groups)[["group", "age", "sex", gap_column]].dropna()
-    sample = _age_matched(sample.rename(columns={gap_column: "gap"}))
+    sample = _group_comparison_sample(predictions, gap_column, train_groups).rename(columns={gap_column: "gap"})
     order = _group_order(sample["group"])
     if HEALTHY_GROUP not in order or len(order) < 2:
         raise ValueError(
@@ -268,8 +270,8 @@ def plot_gap_by_group(
     ax: Axes | None = None,
 ) -> Axes:
     """Box and strip plot of the gap per group, with each group's n: the sample :func:`gap_by_group`
-    compares (:func:`analysis_sample`, controls restricted to the patients' age range)."""
-    sample = _age_matched(analysis_sample(predictions, train_groups).dropna(subset=["group", "age", "sex", gap_column]))
+    compares (controls restricted to the patients' age range)."""
+    sample = _group_comparison_sample(predictions, gap_column, train_groups)
     order = _group_order(sample["group"])
     if ax is None:
         _, ax = plt.subplots(figsize=(2 + 1.4 * len(order), 4))
