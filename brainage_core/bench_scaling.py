@@ -44,6 +44,8 @@ from brainage_core.manifest import read_manifest
 __all__ = [
     "SCALING_SHAPE",
     "SCALING_SIZES",
+    "SCALING_STEPS_PER_EPOCH",
+    "SCALING_TIMED_EPOCHS",
     "bench_parallel",
     "bench_scaling",
     "run_scaling_benchmark",
@@ -53,8 +55,8 @@ __all__ = [
 SCALING_SIZES = (300, 1000, 3000)
 SCALING_SHAPE = (32, 40, 32)
 _SPACING_MM = 4.0
-_TIMED_EPOCHS = 3  # median of these, after one untimed epoch
-_STEPS_PER_EPOCH = 8
+SCALING_TIMED_EPOCHS = 3  # median of these, after one untimed epoch
+SCALING_STEPS_PER_EPOCH = 8
 _MODES = {"streamed": "false", "in_memory": "true"}
 
 
@@ -88,14 +90,17 @@ def write_scaling_cohort(folder: Path, n_scans: int, shape: Sequence[int] = SCAL
     return manifest
 
 
-def _measure(overrides: list[str], results: Any) -> None:
-    """One training run in a fresh process: peak RSS and training samples/s (put on ``results``)."""
+def _measure(overrides: list[str], timed_epochs: int, results: Any) -> None:
+    """One training run in a fresh process: peak RSS and training samples/s (put on ``results``).
+
+    The median epoch time of ``timed_epochs`` epochs after one untimed (warm-up) epoch.
+    """
     from brainage_core.engine import Trainer
 
     torch.manual_seed(0)
     trainer = Trainer(load_config(None, overrides))
     seconds = []
-    for epoch in range(_TIMED_EPOCHS + 1):
+    for epoch in range(timed_epochs + 1):
         started = time.perf_counter()
         trainer.train_epoch(epoch)
         seconds.append(time.perf_counter() - started)
@@ -129,6 +134,8 @@ def bench_scaling(
     sizes: Sequence[int] = SCALING_SIZES,
     shape: Sequence[int] = SCALING_SHAPE,
     overrides: Sequence[str] = (),
+    steps_per_epoch: int = SCALING_STEPS_PER_EPOCH,
+    timed_epochs: int = SCALING_TIMED_EPOCHS,
 ) -> dict[str, Any]:
     """Peak RSS and training throughput of streamed vs in-memory runs at each cohort size.
 
@@ -140,6 +147,8 @@ def bench_scaling(
         sizes: numbers of scans.
         shape: the scans' grid ``[X, Y, Z]``.
         overrides: the dotted settings ``config`` was made with, passed on to each run.
+        steps_per_epoch: optimiser steps of each measured epoch.
+        timed_epochs: epochs timed (the median is reported) after one untimed warm-up epoch.
 
     Returns:
         ``{machine, shape, steps_per_epoch, batch_size, rows: [{n_scans, mode, peak_rss_mb,
@@ -154,7 +163,7 @@ def bench_scaling(
         "data.spacing=4.0",
         f"data.shape=[{', '.join(str(int(size)) for size in shape)}]",
         f"data.cache_dir={work_dir / 'cache'}",
-        f"train.epoch_size={_STEPS_PER_EPOCH * config.train.batch_size}",
+        f"train.epoch_size={steps_per_epoch * config.train.batch_size}",
     ]
     manifests = {}
     for n_scans in sorted(sizes):
@@ -171,7 +180,7 @@ def bench_scaling(
         for mode, in_memory in _MODES.items():
             queue = context.Queue()
             run = [*base, f"data.manifest={manifests[n_scans]}", f"data.in_memory={in_memory}"]
-            process = context.Process(target=_measure, args=(run, queue))
+            process = context.Process(target=_measure, args=(run, timed_epochs, queue))
             process.start()
             result = _result_of(process, queue)
             rows.append({"n_scans": n_scans, "mode": mode, **result})
@@ -186,7 +195,8 @@ def bench_scaling(
         "width": config.model.width,
         "loss": config.loss.name,
         "batch_size": config.train.batch_size,
-        "steps_per_epoch": _STEPS_PER_EPOCH,
+        "steps_per_epoch": steps_per_epoch,
+        "timed_epochs": timed_epochs,
         "num_workers": config.num_workers,
         "rows": rows,
         "rss_growth": {

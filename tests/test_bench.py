@@ -41,7 +41,9 @@ def test_prepare_timings_name_every_step_and_add_up_to_the_total() -> None:
 def test_scaling_benchmark_measures_both_data_paths_at_each_size(tmp_path: Path) -> None:
     config = load_config(None, ["model.width=0.125", "train.batch_size=4", "num_threads=1"])
     overrides = ["model.width=0.125", "train.batch_size=4", "num_threads=1"]
-    results = bench_scaling(tmp_path, config, sizes=(10, 20), shape=(16, 16, 16), overrides=overrides)
+    results = bench_scaling(
+        tmp_path, config, sizes=(10, 20), shape=(16, 16, 16), overrides=overrides, steps_per_epoch=2, timed_epochs=1
+    )
     table = scaling_table(results)
     assert sorted(zip(table["mode"], table["n_scans"])) == [
         ("in_memory", 10),
@@ -52,6 +54,7 @@ def test_scaling_benchmark_measures_both_data_paths_at_each_size(tmp_path: Path)
     assert (table["peak_rss_mb"] > 0).all() and (table["samples_per_s"] > 0).all()
     assert set(results["rss_growth"]) == {"streamed", "in_memory"}
     assert "From 10 to 20 scans" in scaling_sentence(results)
+    assert (results["steps_per_epoch"], results["timed_epochs"]) == (2, 1)
 
 
 def test_scaling_sentence_says_whether_each_goal_is_met() -> None:
