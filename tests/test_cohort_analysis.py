@@ -53,10 +53,16 @@ def test_the_analyses_run_on_a_generated_cohort(synthetic: tuple[Path, pd.DataFr
     patients = cohort.ventricle_excess(truth)
     assert set(patients["group"]) == {"AD", "PD"}
     assert patients["stage"].str.match(r"^(AD, CDR|PD, H&Y) \d").all()
-    assert cohort.mean_ventricle_excess(patients)["AD"] > 0  # AD enlarges the ventricles
+    # A 24-subject cohort's few patients carry no reliable sign (individual ventricle size varies
+    # by about 35 %); that AD enlarges the ventricles is tested on controlled subjects in test_synth.
+    by_group = patients.groupby("group")[cohort.VENTRICLE_EXCESS].mean()
+    assert cohort.mean_ventricle_excess(patients) == pytest.approx(by_group.to_dict())
     measured = cohort.measured_tissue_fractions(frame)
     assert len(measured) == (frame["group"] == "CN").sum()
     np.testing.assert_allclose(measured[["csf", "gm", "wm"]].sum(axis=1), 100.0)
+    shape = cohort.brain_shape_overlap(frame)  # the controls' masks against their majority mask
+    assert shape is not None and 0.9 < shape[0] < 1.0 and shape[1] > 0.0
+    assert cohort.brain_shape_overlap(frame.drop(columns="mask")) is None
     picks = cohort.example_subjects(frame)
     assert list(picks["group"]) == ["CN"] * 4 + ["AD", "PD"]
     assert picks["age"].iloc[:4].is_monotonic_increasing

@@ -164,6 +164,21 @@ def test_smoke_paths_follows_the_environment_variable(monkeypatch: pytest.Monkey
     assert workflow.smoke_paths(False, "../_book_runs/standalone/runs") == ["../_book_runs/standalone-smoke/runs"]
 
 
+def test_a_cohort_of_an_older_generator_is_regenerated_not_reused(tmp_path: Path) -> None:
+    import json
+
+    from brainage_core.cohorts.synthetic import FORMAT_VERSION
+
+    cohort = CohortConfig(n_subjects=2, seed=0, spacing=6.0)
+    manifest = workflow.ensure_cohort(tmp_path / "cohort", cohort)
+    record = tmp_path / "cohort" / "cohort.json"
+    written = record.stat().st_mtime_ns
+    assert workflow.ensure_cohort(tmp_path / "cohort", cohort) == manifest and record.stat().st_mtime_ns == written
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"format_version": FORMAT_VERSION - 1}))
+    workflow.ensure_cohort(tmp_path / "cohort", cohort)
+    assert json.loads(record.read_text())["format_version"] == FORMAT_VERSION
+
+
 def test_with_loss_drops_the_params_of_another_loss_and_copies() -> None:
     config = load_config(None, ["loss.name=rnc", "loss.params={temperature: 2.0}", "seed=0"])
     same = workflow.with_loss(config, "rnc", seed=3)

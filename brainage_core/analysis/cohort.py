@@ -28,6 +28,7 @@ __all__ = [
     "GROUND_TRUTH_FILE",
     "VENTRICLE_EXCESS",
     "Realism",
+    "brain_shape_overlap",
     "example_subjects",
     "grey_matter_loss_per_year",
     "latent_gap_summary",
@@ -43,6 +44,29 @@ __all__ = [
 GROUND_TRUTH_FILE = "ground_truth.csv"
 VENTRICLE_EXCESS = "ventricles_vs_age_matched_cn"  # column added by :func:`ventricle_excess`
 _CONTROLS = "CN"
+
+
+def brain_shape_overlap(frame: pd.DataFrame, column: str = "mask") -> tuple[float, float] | None:
+    """How much the healthy brains of a manifest differ in shape on its (template) grid.
+
+    The mean and SD over the controls of :func:`~brainage_core.cohorts.calibration.mask_overlap`
+    (Dice of each brain mask with the majority mask): the phantom's ``mask`` column, or the
+    ``labels`` of an IXI import (the DLMUSE brain after the affine registration).
+
+    Args:
+        frame: a manifest (:func:`~brainage_core.manifest.read_manifest`: absolute paths).
+        column: the column of brain masks or label images, all on one grid.
+
+    Returns:
+        ``(mean, sd)``; ``None`` without the column or with fewer than 2 controls that have a file in it.
+    """
+    if column not in frame.columns or "group" not in frame.columns:
+        return None
+    paths = [path for path in frame.loc[frame["group"] == _CONTROLS, column] if isinstance(path, str) and path]
+    if len(paths) < 2:
+        return None
+    overlap = calibration.mask_overlap(paths)
+    return float(overlap.mean()), float(overlap.std(ddof=1))
 
 
 def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> None:

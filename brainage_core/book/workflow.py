@@ -104,20 +104,21 @@ def profile_overrides(profile: str, runs_file: str | os.PathLike[str] = RUNS_FIL
 def ensure_cohort(cohort_dir: str | os.PathLike[str], cohort: CohortConfig, progress: bool = False) -> Path:
     """Return the manifest of a synthetic cohort in ``cohort_dir``, generating it if needed.
 
-    An existing cohort is reused only if its ``cohort.json`` records the same size, seed and
-    spacing and its manifest is complete; otherwise the folder is regenerated, which replaces only
-    the cohort's own files and refuses a folder holding anything else (see
-    :func:`~brainage_core.cohorts.synthetic.generate_cohort`).
+    An existing cohort is reused only if its ``cohort.json`` records the same format version (the
+    generator's), size, seed and spacing and its manifest is complete; otherwise the folder is
+    regenerated, which replaces only the cohort's own files and refuses a folder holding anything
+    else (see :func:`~brainage_core.cohorts.synthetic.generate_cohort`).
     """
-    from brainage_core.cohorts.synthetic import generate_cohort
+    from brainage_core.cohorts.synthetic import FORMAT_VERSION, generate_cohort
 
     cohort_dir = Path(cohort_dir)
     manifest = cohort_dir / "manifest.csv"
     record = cohort_dir / "cohort.json"
     if manifest.is_file() and record.is_file():
         recorded = json.loads(record.read_text())
-        wanted = (cohort.n_subjects, cohort.seed, float(cohort.spacing))
-        if (recorded.get("n_subjects"), recorded.get("seed"), float(recorded.get("spacing", -1))) == wanted:
+        wanted = (FORMAT_VERSION, cohort.n_subjects, cohort.seed, float(cohort.spacing))
+        found = (recorded.get("format_version"), recorded.get("n_subjects"), recorded.get("seed"))
+        if (*found, float(recorded.get("spacing", -1))) == wanted:
             return manifest
     return generate_cohort(
         cohort_dir, n_subjects=cohort.n_subjects, seed=cohort.seed, spacing=cohort.spacing, progress=progress

@@ -12,6 +12,9 @@ phantom can be set side by side with real scans:
   ``volume / total brain`` within 15-year age bands;
 - how well ridge regression on the structure volumes predicts age (:func:`volume_ridge_mae`,
   5-fold cross-validation);
+- how much brains differ in shape once aligned to the template: the Dice overlap of each brain
+  mask with its cohort's majority mask (:func:`mask_overlap`; the IXI import's labels after its
+  affine registration, the phantom's masks);
 - what a model trained on controls measures in the patients (:func:`volume_model_predictions`,
   ridge on the true volumes): the reference for the phantom's disease parameters, whose latent
   gaps are set so that the measured gaps fall in the published ranges.
@@ -44,12 +47,14 @@ __all__ = [
     "CALIBRATION_AGE_RANGE",
     "CV_TOLERANCE_PP",
     "DLMUSE_STRUCTURES",
+    "MASK_OVERLAP_TOLERANCE",
     "R2_TOLERANCE",
     "STRUCTURES",
     "calibration_subjects",
     "calibration_table",
     "compare_calibration",
     "dlmuse_structure_volumes",
+    "mask_overlap",
     "phantom_structure_volumes",
     "read_labelled_cohort",
     "region_volumes",
@@ -64,6 +69,7 @@ CALIBRATION_AGE_RANGE: tuple[float, float] = (20.0, 80.0)  # ages both the phant
 R2_TOLERANCE = 0.10  # phantom R2 within this of the real cohort's
 CV_TOLERANCE_PP = 10.0  # phantom band CV within this many percentage points of the real cohort's
 MIN_BAND_SUBJECTS = 8  # bands with fewer subjects get no CV
+MASK_OVERLAP_TOLERANCE = 0.01  # phantom mean mask Dice within this of the real cohort's
 
 # DLMUSE label numbers (NiChart's muse_dict.csv) of each structure. GM is every other label but
 # the brainstem (35), as in MUSE's GM composite; total brain is GM + WM.
@@ -90,6 +96,43 @@ def region_volumes(label_paths: Sequence[str | os.PathLike[str]], subject_ids: S
         voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
         rows[subject] = {int(label): count * voxel_ml for label, count in enumerate(counts) if count}
     return pd.DataFrame.from_dict(rows, orient="index").fillna(0.0).sort_index(axis=1).rename_axis("subject_id")
+
+
+def mask_overlap(mask_paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """Dice overlap of each brain mask with its cohort's majority mask: how much shapes differ.
+
+    The majority mask holds the voxels inside at least half of the masks. After alignment to a
+    template, the lower the overlaps, the more the brains differ in outline and placement.
+
+    Args:
+        mask_paths: masks (or label images: voxels > 0) of one cohort, all on one grid (e.g.
+            template space), at least 2.
+
+    Returns:
+        ``(N,)`` Dice of each mask with the majority mask, in the order given.
+
+    Raises:
+        ValueError: fewer than 2 masks, or masks on different grids (naming the file).
+    """
+    if len(mask_paths) < 2:
+        raise ValueError(f"mask overlap needs at least 2 masks, got {len(mask_paths)}")
+
+    def read(path: str | os.PathLike[str]) -> np.ndarray:
+        return np.asarray(cast(nib.Nifti1Image, nib.load(path)).dataobj) > 0
+
+    first = read(mask_paths[0])
+    counts = np.zeros(first.shape, dtype=np.int32)
+    for path in mask_paths:
+        mask = read(path)
+        if mask.shape != first.shape:
+            raise ValueError(f"{path}: grid {mask.shape} differs from {mask_paths[0]}'s {first.shape}; resample first")
+        counts += mask
+    majority = counts * 2 >= len(mask_paths)
+    overlaps = []
+    for path in mask_paths:
+        mask = read(path)
+        overlaps.append(2.0 * float((mask & majority).sum()) / float(mask.sum() + majority.sum()))
+    return np.asarray(overlaps)
 
 
 def read_labelled_cohort(folder: str | os.PathLike[str]) -> pd.DataFrame:

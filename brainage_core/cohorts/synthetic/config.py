@@ -219,6 +219,7 @@ class SynthConfig:
                 {
                     "head_scale_sd": (0.0, 0.1),
                     "head_scale_sex_difference": (0.0, 0.2),
+                    "hippocampus_sd": (0.0, 0.3),
                     "deformation_sd_mm": (0.0, 6.0),
                     "deformation_spacing_mm": (8.0, 200.0),
                     "deformation_coarse_sd_mm": (0.0, 12.0),

@@ -70,13 +70,15 @@ def synthesize_subject(model: SynthModel, subject: SubjectParams) -> SubjectImag
     targets = aging_targets(subject, config)
     tissues = age_tissues(model, subject, targets, rng)
 
-    # Output voxel -> template crop voxel: inverse head scaling, rotation and translation
-    # about the brain centre, then the inverse smooth deformation.
+    # Output voxel -> template crop voxel: inverse rotation and translation about the brain
+    # centre (the misregistration an affine alignment leaves), then the inverse smooth
+    # deformation. The image stands for a scan after affine registration to the template, as the
+    # IXI import makes them: head size is not in it, only in the volumes (see tissue_volumes).
     rotation = Rotation.from_euler("xyz", subject.rotation_deg, degrees=True).as_matrix()
     to_template = np.eye(4)
-    to_template[:3, :3] = rotation.T / subject.head_scale
+    to_template[:3, :3] = rotation.T
     moved_centre = model.centre_mm + np.array(subject.translation_mm)
-    to_template[:3, 3] = model.centre_mm - rotation.T @ moved_centre / subject.head_scale
+    to_template[:3, 3] = model.centre_mm - rotation.T @ moved_centre
     index_map = np.linalg.inv(model.affine) @ to_template @ model.affine
     grid = np.indices(model.shape, dtype=np.float32).reshape(3, -1)
     offset = (index_map[:3, 3] - model.crop_start)[:, None].astype(np.float32)
@@ -149,17 +151,23 @@ def age_derivative(model: SynthModel, subject: SubjectParams, step: float = 0.5)
     return ((older.clean - younger.clean) / (2.0 * step)).astype(np.float32)
 
 
-def tissue_volumes(tissues: Mapping[str, np.ndarray], spacing: float) -> dict[str, float]:
-    """Volumes in ml of tissue-fraction maps.
+def tissue_volumes(tissues: Mapping[str, np.ndarray], spacing: float, head_scale: float = 1.0) -> dict[str, float]:
+    """Native volumes in ml of tissue-fraction maps on the template-aligned grid.
+
+    The images are affinely aligned to the template, so a map's volume on the grid is scaled by
+    ``head_scale ** 3`` (the determinant of the alignment, as modulated volumes are in
+    template-space morphometry) to give the subject's own volume.
 
     Args:
         tissues: name -> ``(X, Y, Z)`` fraction map (e.g. :attr:`SubjectImages.tissues`).
         spacing: voxel size in mm.
+        head_scale: the subject's linear head size relative to the template.
 
     Returns:
         name -> volume in ml.
     """
-    return {name: float(np.sum(volume, dtype=np.float64)) * spacing**3 / 1000.0 for name, volume in tissues.items()}
+    voxel_ml = spacing**3 / 1000.0 * head_scale**3
+    return {name: float(np.sum(volume, dtype=np.float64)) * voxel_ml for name, volume in tissues.items()}
 
 
 def image_tissue_volumes(

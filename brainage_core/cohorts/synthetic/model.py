@@ -324,9 +324,13 @@ def aging_targets(subject: SubjectParams, config: SynthConfig) -> dict[str, floa
     ratio = (1.0 + rate("ventricles") * growth) * math.exp(anatomy.ventricle_log_sd * subject.anatomy_z["ventricles"])
     wmh_exponent = aging.wmh_growth_per_year * (age - 60.0) + aging.wmh_log_sd * subject.wmh_z
     wmh = aging.wmh_ml_at_60 * math.exp(wmh_exponent)
-    hippocampal = rate("hippocampus") * (
-        aging.hippocampal_loss_per_year * years
-        + aging.hippocampal_loss_quadratic * after(aging.hippocampal_acceleration_age) ** 2
+    hippocampal = (
+        rate("hippocampus")
+        * (
+            aging.hippocampal_loss_per_year * years
+            + aging.hippocampal_loss_quadratic * after(aging.hippocampal_acceleration_age) ** 2
+        )
+        + anatomy.hippocampus_sd * subject.anatomy_z["hippocampus"]
     )
     if subject.group == "AD":
         ratio *= 1.0 + disease.ad_ventricle_expansion_per_cdr * subject.cdr

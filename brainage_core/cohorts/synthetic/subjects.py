@@ -19,7 +19,7 @@ from scipy.stats import truncnorm
 from brainage_core.cohorts.synthetic.config import SynthConfig
 from brainage_core.cohorts.synthetic.params import AGING_PROCESSES
 
-ANATOMY_TRAITS: tuple[str, ...] = ("ventricles", "cortex", "wm")
+ANATOMY_TRAITS: tuple[str, ...] = ("ventricles", "cortex", "wm", "hippocampus")
 AD_COMPONENTS: tuple[str, ...] = ("medial_temporal", "cortical")
 
 __all__ = ["SubjectParams", "assign_cohort_splits", "sample_subjects"]

@@ -32,6 +32,7 @@ from brainage_core.cohorts.calibration import (
     CALIBRATION_AGE_RANGE,
     calibration_subjects,
     calibration_table,
+    mask_overlap,
     phantom_structure_volumes,
     volume_ridge_mae,
 )
@@ -47,7 +48,7 @@ from brainage_core.ownership import claim, refuse_foreign_files, remove_owned, r
 
 __all__ = ["EFFECT_SLOPE", "FORMAT_VERSION", "cohort_subjects", "generate_cohort", "write_age_derivatives"]
 
-FORMAT_VERSION = 2  # 2: individual anatomy, regional aging, calibrated disease (cohorts of 1 are regenerated)
+FORMAT_VERSION = 3  # 3: images affinely aligned, shape sized to IXI; 2: individual anatomy (older are regenerated)
 EFFECT_SLOPE = 1.0 / 250.0  # effect map stored as uint8 * slope (relative to WM intensity)
 GZIP_LEVEL = 6
 _SUBJECT_DIRS = {
@@ -100,7 +101,7 @@ def _make_subject(task: tuple[SubjectParams, str]) -> dict[str, float]:
     _write_nifti(result.mask, affine, _subject_path(Path(out_dir), subject.subject_id, "mask"))
     effect = np.clip(np.round(result.effect / EFFECT_SLOPE), 0, 255).astype(np.uint8)
     _write_nifti(effect, affine, _subject_path(Path(out_dir), subject.subject_id, "effect_map"), slope=EFFECT_SLOPE)
-    return tissue_volumes(result.tissues, _WORKER_MODEL.spacing)
+    return tissue_volumes(result.tissues, _WORKER_MODEL.spacing, subject.head_scale)
 
 
 def _existing_cohort(out_dir: Path, request: dict[str, Any]) -> bool:
@@ -263,17 +264,19 @@ def generate_cohort(
         pd.DataFrame(truth).to_csv(temp, index=False, float_format="%.6g")
     counts = pd.Series([subject.group for subject in subjects]).value_counts().to_dict()
     meta = {**request, "template": sorted(TEMPLATE_FILES.values()), "groups": counts}
-    write_json(out_dir / "cohort.json", meta | {"calibration": _calibration_summary(pd.DataFrame(truth))})
+    masks = {row["subject_id"]: row["mask"] for row in rows}
+    write_json(out_dir / "cohort.json", meta | {"calibration": _calibration_summary(pd.DataFrame(truth), masks)})
     write_manifest(pd.DataFrame(rows), manifest_path)  # last: its presence marks a complete cohort
     return manifest_path
 
 
-def _calibration_summary(truth: pd.DataFrame) -> dict[str, Any] | None:
+def _calibration_summary(truth: pd.DataFrame, masks: dict[str, str]) -> dict[str, Any] | None:
     """The phantom's realism numbers for ``cohort.json`` (:mod:`brainage_core.cohorts.calibration`).
 
     Healthy subjects aged within ``CALIBRATION_AGE_RANGE``: per structure, the R2 of volume / total
-    brain on age and its CV (%) within 15-year bands; and the 5-fold MAE of ridge regression on
-    the true tissue volumes. ``None`` for a cohort with too few controls.
+    brain on age and its CV (%) within 15-year bands; the 5-fold MAE of ridge regression on the
+    true tissue volumes; and the mean and SD of their brain masks' Dice with the majority mask
+    (``mask_overlap``). ``None`` for a cohort with too few controls.
     """
     truth = truth.set_index("subject_id")
     controls = truth[calibration_subjects(truth["age"], truth["group"])]
@@ -291,6 +294,8 @@ def _calibration_summary(truth: pd.DataFrame) -> dict[str, Any] | None:
     }
     if len(controls) >= 10:
         summary["ridge_true_volumes_mae"] = round(volume_ridge_mae(volumes, controls["age"]), 3)
+    overlap = mask_overlap([masks[subject] for subject in controls.index])
+    summary["mask_overlap"] = {"mean": round(float(overlap.mean()), 4), "sd": round(float(overlap.std(ddof=1)), 4)}
     return summary
 
 
