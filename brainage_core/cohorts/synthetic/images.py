@@ -1,9 +1,11 @@
 """One synthetic subject's images, and tissue volumes measured on maps or on a T1.
 
 :func:`synthesize_subject` ages the template tissue maps (:func:`~brainage_core.cohorts.synthetic.model.age_tissues`)
-and adds the **individual variation**: head size (sex-dependent), a random diffeomorphic deformation,
-rotation and translation, the ventricle expansion, a multiplicative bias field, per-site
-gain/contrast/noise and Rician noise; the GM/WM intensity contrast falls with age.
+and adds the **individual variation**: a random diffeomorphic deformation, the rotation and
+translation an affine registration leaves, the ventricle expansion, a multiplicative bias field,
+per-site gain/contrast/noise and Rician noise; the GM/WM intensity contrast falls with age. The
+images stand for scans affinely registered to the template: head size (sex-dependent) scales the
+volumes (:func:`tissue_volumes`), not the image.
 
 Tissue maps are changed in template space, then one coordinate map (individual transform
 composed with the ventricle field) resamples every map with a single ``map_coordinates`` call

@@ -40,9 +40,10 @@ class SubjectParams:
         site: acquisition site label.
         site_gain, site_contrast, site_noise: that site's intensity scale, GM contrast
             change and noise multiplier.
-        head_scale: linear head size relative to the template.
-        rotation_deg: rotation about x, y, z (degrees).
-        translation_mm: translation (mm).
+        head_scale: linear head size relative to the template; it scales the subject's volumes,
+            not its image (the images stand for affinely registered scans).
+        rotation_deg: rotation about x, y, z (degrees) left by the registration.
+        translation_mm: translation (mm) left by the registration.
         wmh_z: standard-normal deviation of the subject's WMH volume.
         seed: seed sequence of the subject's random fields and noise.
         anatomy_z: standard-normal deviations of the subject's age-independent anatomy:
