@@ -61,8 +61,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if calibration:
         rows = calibration["structures"]
         structures = ", ".join(f"{name} {rows[name]['r2_age']:.2f}" for name in STRUCTURES if name in rows)
+        overlap = calibration["mask_overlap"]
         print(
-            f"realism ({calibration['n_controls']} controls, cohort.json 'calibration'): R2 of volume / total brain on age: {structures}"
+            f"realism ({calibration['n_controls']} controls, cohort.json 'calibration'): R2 of volume / total brain on age: {structures}; "
+            f"brain masks vs their majority mask: Dice {overlap['mean']:.3f} (SD {overlap['sd']:.3f})"
         )
     return 0
 

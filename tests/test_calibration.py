@@ -157,6 +157,7 @@ def test_brainage_synth_prints_the_realism_numbers(tmp_path: Path, capsys: pytes
     )
     out = capsys.readouterr().out
     assert code == 0 and "R2 of volume / total brain on age: ventricles" in out, out
+    assert "brain masks vs their majority mask: Dice 0." in out, out
     assert json.loads((tmp_path / "c" / "cohort.json").read_text())["calibration"]["n_controls"] >= 4
 
 
