@@ -13,13 +13,7 @@ os.environ.setdefault("BRAINAGE_SMOKE", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every notebook (an nbmake item) is marked ``slow``: ``make test-fast`` skips them all.
-
-    The tests run on two processes (pytest-xdist, ``--dist loadgroup``); the notebooks join the
-    smoke book's group (``xdist_group("book")``), so they run one after another in one process,
-    after the smoke book, and reuse its IXI import instead of writing the same folders at once.
-    """
+    """Every notebook (an nbmake item) is marked ``slow``: ``make test-fast`` skips them all."""
     for item in items:
         if item.path.suffix == ".ipynb":
             item.add_marker(pytest.mark.slow)
-            item.add_marker(pytest.mark.xdist_group("book"))

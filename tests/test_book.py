@@ -144,7 +144,6 @@ def test_a_failed_dependency_skips_its_dependents(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # minutes: every chapter is executed and the book rendered
-@pytest.mark.xdist_group("book")  # with the notebooks (conftest.py): they reuse its IXI import
 def test_the_book_builds_from_smoke_runs() -> None:
     """The whole book, every chapter executed in smoke mode by the batch runner on a local 2-worker Dask
     cluster, rendered with warnings as errors."""
