@@ -117,8 +117,8 @@ def ensure_cohort(cohort_dir: str | os.PathLike[str], cohort: CohortConfig, prog
     if manifest.is_file() and record.is_file():
         recorded = json.loads(record.read_text())
         wanted = (FORMAT_VERSION, cohort.n_subjects, cohort.seed, float(cohort.spacing))
-        found = (recorded.get("format_version"), recorded.get("n_subjects"), recorded.get("seed"))
-        if (*found, float(recorded.get("spacing", -1))) == wanted:
+        keys = ("format_version", "n_subjects", "seed")
+        if (*(recorded.get(key) for key in keys), float(recorded.get("spacing", -1))) == wanted:
             return manifest
     return generate_cohort(
         cohort_dir, n_subjects=cohort.n_subjects, seed=cohort.seed, spacing=cohort.spacing, progress=progress

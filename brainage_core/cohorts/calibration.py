@@ -47,7 +47,6 @@ __all__ = [
     "CALIBRATION_AGE_RANGE",
     "CV_TOLERANCE_PP",
     "DLMUSE_STRUCTURES",
-    "MASK_OVERLAP_TOLERANCE",
     "R2_TOLERANCE",
     "STRUCTURES",
     "calibration_subjects",
@@ -69,7 +68,6 @@ CALIBRATION_AGE_RANGE: tuple[float, float] = (20.0, 80.0)  # ages both the phant
 R2_TOLERANCE = 0.10  # phantom R2 within this of the real cohort's
 CV_TOLERANCE_PP = 10.0  # phantom band CV within this many percentage points of the real cohort's
 MIN_BAND_SUBJECTS = 8  # bands with fewer subjects get no CV
-MASK_OVERLAP_TOLERANCE = 0.01  # phantom mean mask Dice within this of the real cohort's
 
 # DLMUSE label numbers (NiChart's muse_dict.csv) of each structure. GM is every other label but
 # the brainstem (35), as in MUSE's GM composite; total brain is GM + WM.
@@ -120,16 +118,18 @@ def mask_overlap(mask_paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
     def read(path: str | os.PathLike[str]) -> np.ndarray:
         return np.asarray(cast(nib.Nifti1Image, nib.load(path)).dataobj) > 0
 
-    first = read(mask_paths[0])
-    counts = np.zeros(first.shape, dtype=np.int32)
+    counts: np.ndarray | None = None  # [X, Y, Z] number of masks holding each voxel
     for path in mask_paths:
         mask = read(path)
-        if mask.shape != first.shape:
-            raise ValueError(f"{path}: grid {mask.shape} differs from {mask_paths[0]}'s {first.shape}; resample first")
+        if counts is None:
+            counts = np.zeros(mask.shape, dtype=np.int32)
+        elif mask.shape != counts.shape:
+            raise ValueError(f"{path}: grid {mask.shape} differs from {mask_paths[0]}'s {counts.shape}; resample first")
         counts += mask
+    assert counts is not None  # at least 2 masks
     majority = counts * 2 >= len(mask_paths)
     overlaps = []
-    for path in mask_paths:
+    for path in mask_paths:  # read again rather than held: memory stays one mask, not the cohort
         mask = read(path)
         overlaps.append(2.0 * float((mask & majority).sum()) / float(mask.sum() + majority.sum()))
     return np.asarray(overlaps)
