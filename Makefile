@@ -16,7 +16,7 @@ export BRAINAGE_CACHE ?= $(CURDIR)/cache
 PROFILE ?= default
 JOBS ?= 1
 
-.PHONY: help setup lint test test-fast book bench lock clean
+.PHONY: help setup lint test test-fast test-notebooks book bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,11 +35,14 @@ lint: $(STAMP)  ## ruff lint and format checks, mypy on brainage_core
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy brainage_core
 
-test: lint  ## lint, then run the whole test suite (notebooks included)
+test: lint  ## lint, then run the whole test suite (every notebook in smoke mode, by the batch runner)
 	$(PY) -m pytest
 
 test-fast: lint  ## lint, then the tests not marked slow (minutes, not the notebooks)
 	$(PY) -m pytest -m "not slow"
+
+test-notebooks: $(STAMP)  ## run each notebook alone with its own defaults (smoke mode, nbmake; minutes)
+	$(PY) -m pytest --nbmake --nbmake-timeout=900 book
 
 book: $(STAMP)  ## build the default cohort, run the book's notebooks (PROFILE=default) and render it
 	$(BRAINAGE) book run --profile $(PROFILE) --jobs $(JOBS)

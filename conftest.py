@@ -1,4 +1,4 @@
-"""Repository-wide pytest setup: the book's notebooks run under nbmake in smoke mode, marked slow.
+"""Repository-wide pytest setup: ``make test-notebooks`` (``pytest --nbmake book``) runs each notebook alone.
 
 nbmake executes each notebook in ``book/`` as a test but does not inject papermill
 parameters; the notebooks read ``BRAINAGE_SMOKE`` instead (``brainage_core.book.workflow.smoke_mode``),

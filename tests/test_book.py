@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from brainage_core.book.runner import build_book, declared_parameters, load_runs, run_book
+from brainage_core.book.runspec import RunSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -56,6 +58,44 @@ def test_every_toc_chapter_exists_and_every_notebook_has_a_chapter_run() -> None
     for profile in ("smoke", "default", "full"):
         chapters = [run.notebook for run in load_runs(ROOT / "book" / "runs.yml", profile, ROOT) if run.chapter]
         assert sorted(chapters) == sorted(notebooks_in_toc), f"profile {profile}: one chapter run per notebook"
+
+
+STANDALONE_DEFAULTS_THAT_DIFFER = {
+    # a chapter run alone reads the run times of the last `make book`, not of its own folder
+    ("performance", "keys_dir"): "../_book_runs/default/keys",
+}
+
+
+@pytest.mark.parametrize(
+    "run", [r for r in load_runs(ROOT / "book" / "runs.yml", "smoke", ROOT) if r.chapter], ids=lambda r: r.name
+)
+def test_a_chapter_run_alone_lays_out_its_folders_as_the_batch_run_does(run: RunSpec) -> None:
+    """A notebook opened in Jupyter (no injected parameters) reads and writes ``_book_runs/standalone/``
+    exactly where the batch runner's ``_book_runs/PROFILE/`` has the same things, so a chapter run
+    alone finds the cohort, the runs and the models that its predecessors left there.
+
+    The smoke book test executes every notebook with the injected paths; this checks the defaults
+    those paths replace (``make test-notebooks`` executes each notebook alone)."""
+    import ast
+
+    import papermill
+
+    profile_root = ROOT / "_book_runs" / "smoke"
+    defaults = {name: info["default"] for name, info in papermill.inspect_notebook(str(ROOT / run.notebook)).items()}
+    chapter = Path(run.notebook).stem
+    checked = 0
+    for name, value in run.parameters.items():
+        if name not in defaults or not isinstance(value, str) or not Path(value).is_absolute():
+            continue
+        relative = Path(os.path.normpath(value)).relative_to(profile_root).as_posix()
+        if name == "work_dir":  # an expanded run (train_rnc_s0) is the chapter's own folder when alone
+            relative = f"work/{chapter}"
+        expected = STANDALONE_DEFAULTS_THAT_DIFFER.get((chapter, name), f"../_book_runs/standalone/{relative}")
+        assert ast.literal_eval(defaults[name]) == expected, f"{run.notebook}: default of {name}"
+        checked += 1
+    assert checked == sum(
+        name in defaults for name in ("work_dir", "cohort_dir", "runs_root", "keys_dir", "run_dir", "release_dir")
+    ), f"{run.notebook}: a path parameter was not compared"
 
 
 def write_toy_book(root: Path) -> None:
