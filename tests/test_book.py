@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import os
 import re
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from brainage_core.book.runner import build_book, declared_parameters, load_runs, run_book
-from brainage_core.book.runspec import RunSpec
+from brainage_core.book.runspec import RunSpec, book_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -76,11 +77,9 @@ def test_a_chapter_run_alone_lays_out_its_folders_as_the_batch_run_does(run: Run
 
     The smoke book test executes every notebook with the injected paths; this checks the defaults
     those paths replace (``make test-notebooks`` executes each notebook alone)."""
-    import ast
-
     import papermill
 
-    profile_root = ROOT / "_book_runs" / "smoke"
+    profile_root = book_output_dir(ROOT, "smoke")
     defaults = {name: info["default"] for name, info in papermill.inspect_notebook(str(ROOT / run.notebook)).items()}
     chapter = Path(run.notebook).stem
     checked = 0
