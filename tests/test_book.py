@@ -14,6 +14,7 @@ import yaml
 
 from brainage_core.book.runner import build_book, declared_parameters, load_runs, run_book
 from brainage_core.book.runspec import RunSpec, book_output_dir
+from brainage_core.book.workflow import STANDALONE
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -87,9 +88,9 @@ def test_a_chapter_run_alone_lays_out_its_folders_as_the_batch_run_does(run: Run
         if name not in defaults or not isinstance(value, str) or not Path(value).is_absolute():
             continue
         relative = Path(os.path.normpath(value)).relative_to(profile_root).as_posix()
-        if name == "work_dir":  # an expanded run (train_rnc_s0) is the chapter's own folder when alone
+        if name == "work_dir":  # the run's folder; alone, an expanded run (train_rnc_s0) uses the chapter's name
             relative = f"work/{chapter}"
-        expected = STANDALONE_DEFAULTS_THAT_DIFFER.get((chapter, name), f"../_book_runs/standalone/{relative}")
+        expected = STANDALONE_DEFAULTS_THAT_DIFFER.get((chapter, name), f"..{STANDALONE}{relative}")
         assert ast.literal_eval(defaults[name]) == expected, f"{run.notebook}: default of {name}"
         checked += 1
     assert checked == sum(
