@@ -135,7 +135,9 @@ class RunConfig:
         num_threads: CPU threads for torch (``None``: torch's default).
         num_workers: DataLoader worker processes for augmentation.
         amp: bfloat16 autocast on CUDA (ignored on CPU).
-        channels_last: channels-last-3d memory format on CUDA.
+        channels_last: channels-last-3d memory format for the network's weights and inputs in
+            training (CUDA and CPU; on the book's 2-core CPU a 3 mm RNC epoch takes 6.7 s instead
+            of 7.0 s).
     """
 
     data: DataConfig = field(default_factory=DataConfig)

@@ -224,7 +224,7 @@ class Trainer:
         # optimiser and out of DistributedDataParallel's gradient synchronisation.
         (self.model.regressor if self.contrastive else self.model.projector).requires_grad_(False)
         self.model.to(self.device)
-        if self.cuda and config.channels_last:
+        if config.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # not in torch's stubs
         self.network: nn.Module = self.model
         if self.world > 1:
@@ -319,7 +319,7 @@ class Trainer:
                     contrastive=self.contrastive,
                     age_mean=self.model.age_mean,
                     age_std=self.model.age_std,
-                    channels_last=self.cuda and self.config.channels_last,
+                    channels_last=self.config.channels_last,
                 )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss {float(loss)} at epoch {epoch + 1}; lower train.lr")
@@ -384,16 +384,16 @@ class Trainer:
             return self._evaluate()
 
     def _evaluate(self) -> tuple[float, float]:
+        # One pass over the training scans: their features fit the probe and give the train MAE.
+        train_features = extract_features(self.model, self.volumes[self.train_idx], self.device)  # [N_train, D]
         if self.contrastive:
-            weight, bias = self._probe(extract_features(self.model, self.volumes[self.train_idx], self.device))
+            weight, bias = self._probe(train_features)
             with torch.no_grad():
                 self.model.regressor.weight.copy_(weight)
                 self.model.regressor.bias.copy_(bias)
-        train_mae = float(
-            (predict_ages(self.model, self.volumes[self.train_idx], self.device) - self.ages[self.train_idx])
-            .abs()
-            .mean()
-        )
+        with torch.no_grad():
+            train_predicted = self.model.regress(train_features.to(self.device)).cpu()  # [N_train] years
+        train_mae = float((train_predicted - self.ages[self.train_idx]).abs().mean())
         val_mae = float(
             (predict_ages(self.model, self.volumes[self.val_idx], self.device) - self.ages[self.val_idx]).abs().mean()
         )
