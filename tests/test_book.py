@@ -15,6 +15,7 @@ import yaml
 from brainage_core.book.runner import build_book, declared_parameters, load_runs, run_book
 from brainage_core.book.runspec import RunSpec, book_output_dir
 from brainage_core.book.workflow import STANDALONE
+from brainage_core.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -248,3 +249,18 @@ def test_a_cell_running_past_its_timeout_fails_the_run(tmp_path: Path) -> None:
     log = io.StringIO()
     assert statuses(run_book(tmp_path, "p", only=["c"], log=log)) == {"c": "failed"}
     assert "timed out" in log.getvalue().lower() or "timeout" in log.getvalue().lower(), log.getvalue()
+
+
+def test_profile_overrides_of_a_run_apply_in_that_profile_only() -> None:
+    """The default book trains the synthetic chapters at the cohort's 3 mm and the real-data chapter
+    at the package's 4 mm (its run's profile_overrides); the full profile's 2 mm reaches both."""
+
+    def data_config(profile: str, name: str) -> tuple[float, tuple[int, ...]]:
+        run = next(r for r in load_runs(ROOT / "book" / "runs.yml", profile, ROOT) if r.name == name)
+        run_settings = [item for item in run.parameters["overrides"] if not item.startswith("cohort.")]
+        config = load_config(None, run_settings)
+        return config.data.spacing, tuple(config.data.shape)
+
+    assert data_config("default", "train_rnc_s0") == (3.0, (52, 62, 64))
+    assert data_config("default", "real_data") == (4.0, (48, 56, 48))
+    assert data_config("full", "train_rnc_s0") == data_config("full", "real_data") == (2.0, (96, 112, 96))

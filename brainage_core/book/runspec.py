@@ -18,7 +18,9 @@
         expand: [loss, seed]                           # one run per combination
         parameters: {cohort_dir: "{work:data}/cohort", overrides: ["loss.name={loss}", "seed={seed}"]}
 
-A notebook's ``overrides`` parameter receives the profile's ``overrides`` followed by the run's own
+A notebook's ``overrides`` parameter receives the profile's ``overrides``, then the run's
+``profile_overrides`` for that profile (e.g. ``profile_overrides: {default: [data.spacing=4.0]}``:
+a run that departs from its profile's settings in that profile only), then the run's own
 (later ones win); settings not overridden are the defaults of :mod:`brainage_core.config`.
 
 ``{work:NAME}`` is run NAME's output folder and makes this run depend on NAME; ``{work_root}``
@@ -158,8 +160,12 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
             needs: set[str] = {n for need in entry.get("needs", []) for n in _expand_needs(need, matrix, variables)}
             own_parameters = _substitute(entry.get("parameters", {}) or {}, variables)
             parameters = {**shared, **own_parameters}
-            # Overrides accumulate: the profile's first, then the run's own (later ones win).
-            parameters["overrides"] = [*profile_overrides, *own_parameters.get("overrides", [])]
+            # Overrides accumulate: the profile's, the run's for this profile, the run's own (later ones win).
+            parameters["overrides"] = [
+                *profile_overrides,
+                *[str(item) for item in (entry.get("profile_overrides", {}) or {}).get(profile, []) or []],
+                *own_parameters.get("overrides", []),
+            ]
             parameters = _resolve_work(parameters, output, needs)
             name = _substitute(entry["name"], variables)
             needs.discard(name)  # a run may name its own work folder
