@@ -264,3 +264,12 @@ def test_profile_overrides_of_a_run_apply_in_that_profile_only() -> None:
     assert data_config("default", "train_rnc_s0") == (3.0, (52, 62, 64))
     assert data_config("default", "real_data") == (4.0, (48, 56, 48))
     assert data_config("full", "train_rnc_s0") == data_config("full", "real_data") == (2.0, (96, 112, 96))
+
+
+def test_profile_overrides_naming_an_unknown_profile_is_refused(tmp_path: Path) -> None:
+    write_toy_book(tmp_path)
+    runs = yaml.safe_load((tmp_path / "book" / "runs.yml").read_text())
+    runs["runs"][0]["profile_overrides"] = {"defualt": ["train.epochs=1"]}
+    (tmp_path / "book" / "runs.yml").write_text(yaml.safe_dump(runs))
+    with pytest.raises(ValueError, match=r"profile_overrides names unknown profile\(s\) \['defualt'\]"):
+        load_runs(tmp_path / "book" / "runs.yml", "p", tmp_path)

@@ -126,8 +126,8 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
     """Expand ``runs.yml`` for one profile into runs in dependency order.
 
     Raises:
-        ValueError: unknown profile, duplicate or unknown run names, a matrix key the profile
-            lacks, a dependency cycle.
+        ValueError: unknown profile (also in a run's ``profile_overrides``), duplicate or unknown
+            run names, a matrix key the profile lacks, a dependency cycle.
     """
     runs_file = Path(runs_file)
     root = Path(root) if root is not None else runs_file.resolve().parent.parent
@@ -142,6 +142,12 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
     output = book_output_dir(root, profile)
     runs: list[RunSpec] = []
     for entry in spec.get("runs", []):
+        unknown_profiles = sorted(set(entry.get("profile_overrides", {}) or {}) - set(profiles))
+        if unknown_profiles:
+            raise ValueError(
+                f"{runs_file}: run {entry['name']!r}: profile_overrides names unknown profile(s) {unknown_profiles}; "
+                f"profiles: {sorted(profiles)}"
+            )
         if entry.get("profiles") and profile not in entry["profiles"]:
             continue
         axes = entry.get("expand", [])
