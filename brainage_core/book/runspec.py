@@ -142,7 +142,8 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
     output = book_output_dir(root, profile)
     runs: list[RunSpec] = []
     for entry in spec.get("runs", []):
-        unknown_profiles = sorted(set(entry.get("profile_overrides", {}) or {}) - set(profiles))
+        run_profile_overrides = entry.get("profile_overrides") or {}  # profile -> overrides of this run
+        unknown_profiles = sorted(set(run_profile_overrides) - set(profiles))
         if unknown_profiles:
             raise ValueError(
                 f"{runs_file}: run {entry['name']!r}: profile_overrides names unknown profile(s) {unknown_profiles}; "
@@ -169,7 +170,7 @@ def load_runs(runs_file: Path, profile: str, root: Path | None = None) -> list[R
             # Overrides accumulate: the profile's, the run's for this profile, the run's own (later ones win).
             parameters["overrides"] = [
                 *profile_overrides,
-                *[str(item) for item in (entry.get("profile_overrides", {}) or {}).get(profile, []) or []],
+                *[str(item) for item in run_profile_overrides.get(profile) or []],
                 *own_parameters.get("overrides", []),
             ]
             parameters = _resolve_work(parameters, output, needs)
