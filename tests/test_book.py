@@ -252,18 +252,19 @@ def test_a_cell_running_past_its_timeout_fails_the_run(tmp_path: Path) -> None:
 
 
 def test_profile_overrides_of_a_run_apply_in_that_profile_only() -> None:
-    """The default book trains the synthetic chapters at the cohort's 3 mm and the real-data chapter
-    at the package's 4 mm (its run's profile_overrides); the full profile's 2 mm reaches both."""
+    """The default book trains the synthetic chapters at the cohort's 3 mm for the whole schedule
+    and the real-data chapter at the package's 4 mm with early stopping (its run's
+    profile_overrides); the full profile's 2 mm and patience reach both."""
 
-    def data_config(profile: str, name: str) -> tuple[float, tuple[int, ...]]:
+    def run_config(profile: str, name: str) -> tuple[float, tuple[int, ...], int | None, int]:
         run = next(r for r in load_runs(ROOT / "book" / "runs.yml", profile, ROOT) if r.name == name)
         run_settings = [item for item in run.parameters["overrides"] if not item.startswith("cohort.")]
         config = load_config(None, run_settings)
-        return config.data.spacing, tuple(config.data.shape)
+        return config.data.spacing, tuple(config.data.shape), config.train.patience, config.train.min_epochs
 
-    assert data_config("default", "train_rnc_s0") == (3.0, (52, 62, 64))
-    assert data_config("default", "real_data") == (4.0, (48, 56, 48))
-    assert data_config("full", "train_rnc_s0") == data_config("full", "real_data") == (2.0, (96, 112, 96))
+    assert run_config("default", "train_rnc_s0") == (3.0, (52, 62, 64), None, 10)
+    assert run_config("default", "real_data") == (4.0, (48, 56, 48), 4, 15)
+    assert run_config("full", "train_rnc_s0") == run_config("full", "real_data") == (2.0, (96, 112, 96), 6, 10)
 
 
 def test_profile_overrides_naming_an_unknown_profile_is_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from brainage_core.analysis import compare
 from brainage_core.book import workflow
 from brainage_core.book.runner import _relative_paths
 from brainage_core.cli import main
@@ -254,3 +255,31 @@ def test_predict_works_from_another_working_directory(
     expected = pd.read_csv(run / "predictions.csv")
     pd.testing.assert_series_equal(predicted["predicted_age"], expected["predicted_age"], atol=1e-4, check_exact=False)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["ages.csv"], "nothing is written relative to the cwd"
+
+
+def test_a_learning_curve_without_deep_methods_fits_ridge_alone_below_the_full_size(
+    cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import brainage_core.analysis.baseline as baseline
+
+    fitted_on: list[int | None] = []
+
+    def fake_ridge(manifest, groups, fit_splits, train_subjects, test_fold):
+        fitted_on.append(train_subjects)
+        test = pd.read_csv(manifest).query("split == 'test' and group == 'CN'")
+        return pd.DataFrame(
+            {"method": "ridge", "age": test["age"], "predicted_age": test["age"] + 5.0, "abs_error": 5.0}
+        )
+
+    monkeypatch.setattr(baseline, "split_baseline_errors", fake_ridge)
+    config = load_config(None, tiny_overrides(tmp_path, cohort, epochs=1))
+    curve, runs = workflow.learning_curve(
+        config, tmp_path / "curve", [], [4], n_boot=50, runs_root=tmp_path / "runs", full_methods=["mse"]
+    )
+    n_train = int(curve["n_train"].max())
+    assert sorted(zip(curve["method"], curve["n_train"])) == [("mse", n_train), ("ridge", 4), ("ridge", n_train)]
+    assert fitted_on == [4, None], "ridge refitted on 4 subjects, then on all of them"
+    assert runs == {("mse", n_train): workflow.run_folder(tmp_path / "runs", "mse", 0)}
+    assert not (tmp_path / "curve" / "n4").exists(), "no deep run below the full size"
+    sentence = compare.learning_curve_values(curve, "mse")["lc_sentence"]
+    assert "with 4 subjects RIDGE alone (5.00 y)" in sentence

@@ -301,14 +301,16 @@ def learning_curve_values(curve: pd.DataFrame, reference: str) -> dict[str, str]
     """The sizes and one sentence on :func:`~brainage_core.book.workflow.learning_curve`, as measured.
 
     The sentence names, at each size, the method with the lowest test MAE and whether the
-    reference's interval overlaps MSE's and ridge's (overlapping intervals: no clear difference).
+    reference's interval overlaps MSE's and ridge's (overlapping intervals: no clear difference);
+    a size with one method (ridge alone, when no deep method is trained there) gives its MAE.
     """
     sizes = sorted(curve["n_train"].unique())
     parts = []
     for size in sizes:
         rows = curve[curve["n_train"] == size].set_index("method")
         best = rows["mae"].idxmin()
-        text = f"with {size} subjects {best.upper()} is lowest ({rows.loc[best, 'mae']:.2f} y)"
+        ranking = "is lowest" if len(rows) > 1 else "alone"
+        text = f"with {size} subjects {best.upper()} {ranking} ({rows.loc[best, 'mae']:.2f} y)"
         if reference in rows.index:
             ref = rows.loc[reference]
             others = [m for m in rows.index if m != reference]

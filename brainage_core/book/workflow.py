@@ -132,7 +132,8 @@ def stopping_rule(config: RunConfig) -> str:
         return f"runs all {optim.epochs} epochs (no early stopping, `train.patience`)"
     return (
         f"stops once {optim.patience} epochs bring no better validation MAE (`train.patience`), not before "
-        f"epoch {optim.min_epochs} (`train.min_epochs`) and at most at epoch {optim.epochs} (`train.epochs`)"
+        f"epoch {optim.min_epochs} (`train.min_epochs`: an end-to-end regressor can sit at the mean age for "
+        f"its first epochs) and at most at epoch {optim.epochs} (`train.epochs`)"
     )
 
 
@@ -232,18 +233,21 @@ def learning_curve(
     tuned: str | os.PathLike[str] | None = None,
     n_boot: int | None = None,
     runs_root: str | os.PathLike[str] | None = None,
+    full_methods: Sequence[str] | None = None,
 ) -> tuple[pd.DataFrame, dict[tuple[str, int], Path]]:
     """Test MAE against the number of training subjects, for deep methods and ridge.
 
-    Each deep method is trained (one run per size, ``data.train_subjects``, into
-    ``work_dir/n<size>``) and selected on the full validation set. The schedule is step-matched:
+    Each deep method of ``methods`` is trained (one run per size, ``data.train_subjects``, into
+    ``work_dir/n<size>``) and selected on the full validation set; ``methods`` may be empty
+    (ridge alone at the smaller sizes). The schedule is step-matched:
     an epoch of a smaller set cycles its subjects up to the size of the full training set
     (``train.epoch_size``), so every point gets the same optimiser steps, augmented views, epochs
     and early-stopping clock as the full run, and a small set is not stopped short of its plateau
     for want of steps. Ridge on tissue fractions is
     fitted on the same training subjects (:func:`~brainage_core.analysis.baseline.split_baseline_errors`).
-    The point with every training scan is always added; its runs are those of ``runs_root``
-    (:func:`ensure_runs`: reused when they exist), or trained into ``work_dir/all``.
+    The point with every training scan is always added, for ``full_methods`` (default:
+    ``methods``); its runs are those of ``runs_root`` (:func:`ensure_runs`: reused when they
+    exist), or trained into ``work_dir/all``.
 
     Returns:
         The curve, one row per (method, size): ``method``, ``n_train``, ``mae``, ``mae_low``,
@@ -266,9 +270,10 @@ def learning_curve(
         sized.data.train_subjects = size if size < n_available else None
         sized.train.epoch_size = n_available if size < n_available else None
         root = Path(work_dir) / f"n{size}" if size < n_available else Path(runs_root or Path(work_dir) / "all")
-        sized_runs = ensure_runs(sized, root, methods, [seed], tuned=tuned)
+        deep = methods if size < n_available or full_methods is None else full_methods
+        sized_runs = ensure_runs(sized, root, deep, [seed], tuned=tuned)
         run_dirs.update({(method, size): run_dir for (method, _), run_dir in sized_runs.items()})
-        _, errors = collect_runs(sized_runs)
+        deep_errors = [collect_runs(sized_runs)[1]] if sized_runs else []
         ridge = split_baseline_errors(
             config.data.manifest,
             groups=config.data.train_groups,
@@ -276,7 +281,7 @@ def learning_curve(
             train_subjects=sized.data.train_subjects,
             test_fold=config.data.test_fold,
         )
-        for method, group in pd.concat([errors, ridge[ridge["method"] == "ridge"]]).groupby("method"):
+        for method, group in pd.concat([*deep_errors, ridge[ridge["method"] == "ridge"]]).groupby("method"):
             low, high = bootstrap_ci(group["age"], group["predicted_age"], "mae", n_boot=n_boot or N_BOOT)
             rows.append(
                 {
